@@ -1,0 +1,55 @@
+#!/usr/bin/env bun
+/**
+ * `bun run kvnode [flags]`: start one node. Exit status: 0 after a clean shutdown (SIGINT/SIGTERM),
+ * 2 for a bad command line, 1 when the node cannot start.
+ */
+import { defineCommand, runMain } from "citty";
+import { createLogger } from "../lib/log.ts";
+import { startNode } from "../node/node.ts";
+import { UsageError, argsDef, normalizeArgv, toConfig } from "./args.ts";
+import pkg from "../../package.json" with { type: "json" };
+
+function fail(status: number, line: string): never {
+  process.stderr.write(`kvnode: ${line}\n`);
+  process.exit(status);
+}
+
+const command = defineCommand({
+  meta: { name: "kvnode", version: pkg.version, description: "Distributed key-value store node" },
+  args: argsDef,
+  async run({ args }) {
+    let config;
+    try {
+      config = toConfig(args);
+    } catch (e) {
+      if (e instanceof UsageError) fail(2, e.message);
+      throw e;
+    }
+    const log = createLogger(config.logLevel, (l) => process.stderr.write(l));
+    let node;
+    try {
+      node = await startNode(config, log);
+    } catch (e) {
+      fail(1, `cannot start: ${(e as Error).message}`);
+    }
+    let stopping = false;
+    const shutdown = async (signal: string) => {
+      if (stopping) process.exit(1); // a second signal: stop now
+      stopping = true;
+      log.info("shutting down", { signal });
+      await node.stop();
+      process.exit(0);
+    };
+    process.on("SIGINT", () => void shutdown("SIGINT"));
+    process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  },
+});
+
+let rawArgs: string[];
+try {
+  rawArgs = normalizeArgv(process.argv.slice(2));
+} catch (e) {
+  if (e instanceof UsageError) fail(2, e.message);
+  throw e;
+}
+await runMain(command, { rawArgs });

@@ -1,0 +1,36 @@
+/**
+ * Every bound kvnode keeps, in one place. Units go last in names. Key and value limits can be
+ * changed from the command line; the rest are derived from them or fixed here.
+ */
+export const limits = {
+  /** Default largest key, in UTF-8 bytes (-max-key-bytes). */
+  keyBytesMax: 1024,
+  /** Default largest value, in UTF-8 bytes (-max-value-bytes). */
+  valueBytesMax: 1 << 20,
+  /** Largest discovery datagram we send or accept. Fits an Ethernet MTU with room to spare. */
+  datagramBytesMax: 1400,
+  /** Largest string field in a datagram (cluster name, node id, host, history id). */
+  datagramStringBytesMax: 255,
+  /** Target size of one snapshot chunk frame during a full state transfer. */
+  snapshotChunkBytes: 256 * 1024,
+  /** Replication history the leader keeps for catching followers up without a full transfer. */
+  historyEntriesMax: 200_000,
+  historyBytesMax: 64 * 1024 * 1024,
+  /** Bytes queued to one follower's socket beyond which the pump waits for `drain`. */
+  followerQueuedBytesMax: 4 * 1024 * 1024,
+  /** Forwarding: most hops a request may take between nodes before it is refused. */
+  forwardHopsMax: 2,
+  forwardTimeoutMs: 5_000,
+  /** How long a follower that forwarded a write waits to apply it locally (read-your-writes). */
+  forwardApplyWaitMs: 1_000,
+  /** Reconnect backoff of a follower's link to its leader. */
+  reconnectBackoffMinMs: 50,
+  reconnectBackoffMaxMs: 2_000,
+  /** Peers remembered in the membership table; datagrams from more are dropped. */
+  peersMax: 4096,
+} as const;
+
+/** Largest frame on the replication link: one entry of the largest key and value, plus headers. */
+export function frameBytesMax(keyBytesMax: number, valueBytesMax: number): number {
+  return Math.max(keyBytesMax + valueBytesMax + 1024, limits.snapshotChunkBytes + keyBytesMax + valueBytesMax + 1024);
+}

@@ -1,0 +1,39 @@
+/** A node's validated configuration. The CLI builds it from flags; tests build it directly. */
+import type { LogLevel } from "../lib/log.ts";
+import { limits } from "../lib/limits.ts";
+
+export interface NodeConfig {
+  /** Cluster (replication) TCP port; 0 picks a free one. */
+  port: number;
+  group: number;
+  leader: boolean;
+  /** HTTP API port; 0 picks a free one. */
+  api: number;
+  /** Address to bind and advertise. */
+  host: string;
+  discoveryPort: number;
+  /** Where announcements go; derived from `host`'s subnet when not given. */
+  broadcast: string;
+  cluster: string;
+  heartbeatMs: number;
+  staleMs: number;
+  logLevel: LogLevel;
+  keyBytesMax: number;
+  valueBytesMax: number;
+}
+
+export const defaults: NodeConfig = {
+  port: 8000,
+  group: 0,
+  leader: false,
+  api: 9000,
+  host: "127.0.0.1",
+  discoveryPort: 7946,
+  broadcast: "",
+  cluster: "kvnode",
+  heartbeatMs: 5000,
+  staleMs: 30000,
+  logLevel: "info",
+  keyBytesMax: limits.keyBytesMax,
+  valueBytesMax: limits.valueBytesMax,
+};

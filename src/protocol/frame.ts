@@ -1,0 +1,210 @@
+/**
+ * Replication frames on the TCP link between a leader and its followers.
+ *
+ * Every frame: u32 length of what follows, then a 22-byte header and a payload (big-endian):
+ *
+ *   0  u32 length   bytes after this field (22 + payload), at most the link's frame limit
+ *   4  u8  version  PROTOCOL_VERSION
+ *   5  u8  type     FrameType
+ *   6  u32 group    replication group
+ *  10  u64 term     leader term (history epoch); 1 until leader election exists
+ *  18  u64 seq      sequence the frame is about (entry seq, acked seq, snapshot seq...)
+ *  26  payload      per type, strings as u32 byte length + UTF-8 bytes
+ *
+ * Binary safe: keys and values are length-prefixed, so any character (NUL, newline, `|`) passes.
+ */
+import { Reader, Short, Writer } from "./_bytes.ts";
+
+export const PROTOCOL_VERSION = 1;
+export const FRAME_HEADER_BYTES = 26;
+
+/** ONLY APPEND TO THIS LIST: the numbers are on the wire. */
+export const FrameType = {
+  Hello: 1,
+  Welcome: 2,
+  SnapshotBegin: 3,
+  SnapshotChunk: 4,
+  SnapshotEnd: 5,
+  Put: 6,
+  Delete: 7,
+  Ack: 8,
+  Ping: 9,
+  Error: 10,
+} as const;
+export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
+
+export const WelcomeMode = { Tail: 0, Snapshot: 1 } as const;
+
+export interface Header {
+  group: number;
+  term: number;
+  seq: number;
+}
+
+export interface SnapshotEntry {
+  key: string;
+  value: string;
+  version: number;
+}
+
+export type Frame =
+  | (Header & { type: typeof FrameType.Hello; cluster: string; nodeId: string; historyId: string })
+  | (Header & { type: typeof FrameType.Welcome; historyId: string; mode: number })
+  | (Header & { type: typeof FrameType.SnapshotBegin; historyId: string; count: number })
+  | (Header & { type: typeof FrameType.SnapshotChunk; entries: SnapshotEntry[] })
+  | (Header & { type: typeof FrameType.SnapshotEnd })
+  | (Header & { type: typeof FrameType.Put; key: string; value: string })
+  | (Header & { type: typeof FrameType.Delete; key: string })
+  | (Header & { type: typeof FrameType.Ack })
+  | (Header & { type: typeof FrameType.Ping })
+  | (Header & { type: typeof FrameType.Error; message: string });
+
+export type DecodeFailure = "need-more" | "too-large" | "too-small" | "bad-version" | "bad-type" | "malformed";
+export type Decoded = { ok: true; frame: Frame; next: number } | { ok: false; reason: DecodeFailure };
+
+function begin(w: Writer, type: FrameTypeCode, h: Header): void {
+  w.u32(0).u8(PROTOCOL_VERSION).u8(type).u32(h.group).u64(h.term).u64(h.seq);
+}
+
+function finish(w: Writer): Buffer {
+  w.patchU32(0, w.length - 4);
+  return w.bytes();
+}
+
+/** Encode one frame. Big frames (entries, chunks) size the buffer up front. */
+export function encodeFrame(f: Frame): Buffer {
+  const w = new Writer(f.type === FrameType.Put ? 64 + 3 * (f.key.length + f.value.length) : 128);
+  begin(w, f.type, f);
+  switch (f.type) {
+    case FrameType.Hello:
+      w.str32(f.cluster).str32(f.nodeId).str32(f.historyId);
+      break;
+    case FrameType.Welcome:
+      w.str32(f.historyId).u8(f.mode);
+      break;
+    case FrameType.SnapshotBegin:
+      w.str32(f.historyId).u32(f.count);
+      break;
+    case FrameType.SnapshotChunk:
+      w.u32(f.entries.length);
+      for (const e of f.entries) w.str32(e.key).str32(e.value).u64(e.version);
+      break;
+    case FrameType.Put:
+      w.str32(f.key).str32(f.value);
+      break;
+    case FrameType.Delete:
+      w.str32(f.key);
+      break;
+    case FrameType.Error:
+      w.str32(f.message);
+      break;
+    case FrameType.SnapshotEnd:
+    case FrameType.Ack:
+    case FrameType.Ping:
+      break;
+  }
+  return finish(w);
+}
+
+/**
+ * Decode the frame starting at `offset`. Never throws: returns "need-more" when the buffer ends
+ * inside the frame, and a reason when the bytes cannot be a frame of ours.
+ */
+export function decodeFrame(buf: Uint8Array, offset: number, frameBytesMax: number): Decoded {
+  if (buf.length - offset < 4) return { ok: false, reason: "need-more" };
+  const len = ((buf[offset]! << 24) | (buf[offset + 1]! << 16) | (buf[offset + 2]! << 8) | buf[offset + 3]!) >>> 0;
+  if (len > frameBytesMax) return { ok: false, reason: "too-large" };
+  if (len < FRAME_HEADER_BYTES - 4) return { ok: false, reason: "too-small" };
+  // The version is checked before waiting for the whole frame, so garbage is refused at once.
+  if (buf.length - offset >= 5 && buf[offset + 4] !== PROTOCOL_VERSION) return { ok: false, reason: "bad-version" };
+  const end = offset + 4 + len;
+  if (buf.length < end) return { ok: false, reason: "need-more" };
+  const r = new Reader(buf, offset + 5, end);
+  try {
+    const type = r.u8();
+    const h: Header = { group: r.u32(), term: r.u64(), seq: r.u64() };
+    let frame: Frame;
+    switch (type) {
+      case FrameType.Hello:
+        frame = { type, ...h, cluster: r.str32(), nodeId: r.str32(), historyId: r.str32() };
+        break;
+      case FrameType.Welcome:
+        frame = { type, ...h, historyId: r.str32(), mode: r.u8() };
+        break;
+      case FrameType.SnapshotBegin:
+        frame = { type, ...h, historyId: r.str32(), count: r.u32() };
+        break;
+      case FrameType.SnapshotChunk: {
+        const n = r.u32();
+        // Each entry takes at least 16 bytes: a count larger than the frame allows is garbage.
+        if (n * 16 > end - r.pos) return { ok: false, reason: "malformed" };
+        const entries: SnapshotEntry[] = new Array(n);
+        for (let i = 0; i < n; i++) entries[i] = { key: r.str32(), value: r.str32(), version: r.u64() };
+        frame = { type, ...h, entries };
+        break;
+      }
+      case FrameType.Put:
+        frame = { type, ...h, key: r.str32(), value: r.str32() };
+        break;
+      case FrameType.Delete:
+        frame = { type, ...h, key: r.str32() };
+        break;
+      case FrameType.Error:
+        frame = { type, ...h, message: r.str32() };
+        break;
+      case FrameType.SnapshotEnd:
+      case FrameType.Ack:
+      case FrameType.Ping:
+        frame = { type, ...h };
+        break;
+      default:
+        return { ok: false, reason: "bad-type" };
+    }
+    if (!r.done()) return { ok: false, reason: "malformed" };
+    return { ok: true, frame, next: end };
+  } catch (e) {
+    if (e instanceof Short) return { ok: false, reason: "malformed" };
+    throw e;
+  }
+}
+
+/**
+ * Accumulates the chunks of a byte stream and yields whole frames. Keeps the leftover of a frame
+ * cut across chunks; copies only when a frame spans chunks.
+ */
+export class FrameReader {
+  private pending: Uint8Array | null = null;
+  constructor(private readonly frameBytesMax: number) {}
+
+  /** Push a chunk; returns the whole frames in it, or the reason the stream is not ours. */
+  push(chunk: Uint8Array): { frames: Frame[]; error?: DecodeFailure } {
+    let buf: Uint8Array = chunk;
+    if (this.pending) {
+      const joined = new Uint8Array(this.pending.length + chunk.length);
+      joined.set(this.pending, 0);
+      joined.set(chunk, this.pending.length);
+      buf = joined;
+      this.pending = null;
+    }
+    const frames: Frame[] = [];
+    let off = 0;
+    while (off < buf.length) {
+      const d = decodeFrame(buf, off, this.frameBytesMax);
+      if (d.ok) {
+        frames.push(d.frame);
+        off = d.next;
+        continue;
+      }
+      if (d.reason === "need-more") {
+        this.pending = buf.slice(off);
+        break;
+      }
+      return { frames, error: d.reason };
+    }
+    return { frames };
+  }
+
+  get bufferedBytes(): number {
+    return this.pending?.length ?? 0;
+  }
+}

@@ -1,0 +1,26 @@
+export {
+  PROTOCOL_VERSION,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  WelcomeMode,
+  type FrameTypeCode,
+  type Frame,
+  type Header,
+  type SnapshotEntry,
+  type DecodeFailure,
+  type Decoded,
+  encodeFrame,
+  decodeFrame,
+  FrameReader,
+} from "./frame.ts";
+export {
+  DATAGRAM_MAGIC,
+  DATAGRAM_VERSION,
+  DatagramType,
+  type DatagramTypeCode,
+  type Announcement,
+  type DatagramFailure,
+  type DecodedDatagram,
+  encodeDatagram,
+  decodeDatagram,
+} from "./datagram.ts";

@@ -1,0 +1,59 @@
+/**
+ * What we owe one socket. Bun's `socket.write` does not buffer: it returns how many bytes it took
+ * (often fewer under load, -1 once closing). The rest waits here until `drain`. Callers bound
+ * what they add by looking at `queuedBytes` (the leader's pump does), so this never grows unbounded.
+ */
+export interface Wire {
+  write(bytes: Uint8Array): number;
+  end(): void;
+}
+
+export class Outbox {
+  private queue: Uint8Array[] = [];
+  private head = 0;
+  queuedBytes = 0;
+  closed = false;
+
+  constructor(private readonly wire: Wire) {}
+
+  send(bytes: Uint8Array): void {
+    if (this.closed || bytes.length === 0) return;
+    if (this.head === this.queue.length) {
+      const n = this.wire.write(bytes);
+      if (n < 0) {
+        this.closed = true;
+        return;
+      }
+      if (n === bytes.length) return;
+      bytes = bytes.subarray(n);
+    }
+    this.queue.push(bytes);
+    this.queuedBytes += bytes.length;
+  }
+
+  /** Write what is queued; true when everything went out. Call from `drain`. */
+  flush(): boolean {
+    while (this.head < this.queue.length) {
+      const b = this.queue[this.head]!;
+      const n = this.wire.write(b);
+      if (n < 0) {
+        this.closed = true;
+        return false;
+      }
+      this.queuedBytes -= n;
+      if (n < b.length) {
+        this.queue[this.head] = b.subarray(n);
+        return false;
+      }
+      this.head++;
+    }
+    this.queue = [];
+    this.head = 0;
+    return true;
+  }
+
+  end(): void {
+    this.closed = true;
+    this.wire.end();
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * The replication link over TCP (Bun.listen / Bun.connect). Frames are length-prefixed binary
+ * (src/protocol/frame.ts); a chunk may end mid-frame and the reader keeps the rest. Garbage or an
+ * oversized frame closes that one connection with a log line; the node keeps running.
+ */
+import type { Logger } from "../lib/log.ts";
+import { type Frame, FrameReader, FrameType, encodeFrame } from "../protocol/frame.ts";
+import { Outbox } from "./outbox.ts";
+
+/** A peer that sends nothing for this long is dead (the leader pings every second). */
+export const LINK_IDLE_TIMEOUT_S = 10;
+
+export interface ServerConn {
+  readonly remote: string;
+  readonly out: Outbox;
+  /** What the handler attached to this connection (a follower link). */
+  state: unknown;
+}
+
+export interface ReplicationServerHandlers {
+  /** Frames from one connection; return an error text to close it. */
+  onFrames(conn: ServerConn, frames: Frame[]): string | undefined;
+  onDrain(conn: ServerConn): void;
+  onClose(conn: ServerConn): void;
+}
+
+interface ConnData {
+  conn: ServerConn;
+  reader: FrameReader;
+}
+
+export interface ReplicationServer {
+  readonly port: number;
+  stop(): void;
+}
+
+export function listenReplication(host: string, port: number, frameBytesMax: number, h: ReplicationServerHandlers, log: Logger): ReplicationServer {
+  const refuse = (socket: { end(): void }, remote: string, why: string, out?: Outbox) => {
+    log.warn("closing replication connection", { remote, reason: why });
+    out?.send(encodeFrame({ type: FrameType.Error, group: 0, term: 0, seq: 0, message: why }));
+    socket.end();
+  };
+  const server = Bun.listen<ConnData>({
+    hostname: host,
+    port,
+    socket: {
+      open(socket) {
+        const remote = `${socket.remoteAddress}`;
+        socket.data = { conn: { remote, out: new Outbox(socket), state: undefined }, reader: new FrameReader(frameBytesMax) };
+        socket.timeout(LINK_IDLE_TIMEOUT_S);
+      },
+      data(socket, chunk) {
+        const d = socket.data;
+        if (d.conn.out.closed) return;
+        const { frames, error } = d.reader.push(chunk);
+        const err = frames.length > 0 ? h.onFrames(d.conn, frames) : undefined;
+        if (error) refuse(socket, d.conn.remote, `bad frame: ${error}`);
+        else if (err) refuse(socket, d.conn.remote, err, d.conn.out);
+      },
+      drain(socket) {
+        if (socket.data.conn.out.flush()) h.onDrain(socket.data.conn);
+      },
+      timeout(socket) {
+        log.warn("replication connection idle, closing", { remote: socket.data.conn.remote });
+        socket.end();
+      },
+      close(socket) {
+        socket.data.conn.out.closed = true;
+        h.onClose(socket.data.conn);
+      },
+      error(socket, e) {
+        log.warn("replication connection error", { remote: socket.data?.conn.remote, error: String(e) });
+      },
+    },
+  });
+  return { port: server.port, stop: () => server.stop(true) };
+}
+
+export interface ClientHandlers {
+  onOpen(out: Outbox): void;
+  onFrames(frames: Frame[], out: Outbox): string | undefined;
+  onClose(reason: string): void;
+}
+
+export interface ClientLink {
+  close(): void;
+}
+
+/** Connect to a leader. `onClose` is called exactly once, whether the connect failed or the link ended. */
+export function connectReplication(host: string, port: number, frameBytesMax: number, h: ClientHandlers, log: Logger): ClientLink {
+  let closed = false;
+  let reason = "closed";
+  let sock: { end(): void } | null = null;
+  const finish = () => {
+    if (closed) return;
+    closed = true;
+    h.onClose(reason);
+  };
+  const reader = new FrameReader(frameBytesMax);
+  let out: Outbox | null = null;
+  Bun.connect<undefined>({
+    hostname: host,
+    port,
+    socket: {
+      open(socket) {
+        sock = socket;
+        if (closed) return void socket.end();
+        out = new Outbox(socket);
+        socket.timeout(LINK_IDLE_TIMEOUT_S);
+        h.onOpen(out);
+      },
+      data(socket, chunk) {
+        if (closed || !out) return;
+        const { frames, error } = reader.push(chunk);
+        const err = frames.length > 0 ? h.onFrames(frames, out) : undefined;
+        if (error || err) {
+          reason = error ? `bad frame from leader: ${error}` : err!;
+          log.warn("closing link to leader", { leader: `${host}:${port}`, reason });
+          socket.end();
+        }
+      },
+      drain() {
+        out?.flush();
+      },
+      timeout(socket) {
+        reason = "leader silent";
+        socket.end();
+      },
+      close() {
+        finish();
+      },
+      error(_s, e) {
+        reason = String(e);
+      },
+      connectError(_s, e) {
+        reason = `connect failed: ${e}`;
+        finish();
+      },
+    },
+  }).catch((e) => {
+    reason = `connect failed: ${e}`;
+    finish();
+  });
+  return {
+    close() {
+      if (sock) sock.end();
+      finish();
+    },
+  };
+}

@@ -1,0 +1,1 @@
+export { Store, type Entry } from "./store.ts";
