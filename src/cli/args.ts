@@ -23,6 +23,7 @@ export const argsDef = {
   "log-level": { type: "string", description: `Log level: ${logLevels.join(", ")}`, default: defaults.logLevel, valueHint: "level" },
   "max-key-bytes": { type: "string", description: "Largest key in UTF-8 bytes", default: String(defaults.keyBytesMax), valueHint: "bytes" },
   "max-value-bytes": { type: "string", description: "Largest value in UTF-8 bytes", default: String(defaults.valueBytesMax), valueHint: "bytes" },
+  "history-entries": { type: "string", description: "Writes a leader keeps to catch followers up without a full transfer (also bounded to 64 MiB)", default: String(defaults.historyEntries), valueHint: "int" },
 } as const satisfies ArgsDef;
 
 export class UsageError extends Error {
@@ -109,6 +110,7 @@ export function toConfig(args: ParsedArgs<typeof argsDef>): NodeConfig {
     logLevel: logLevel as LogLevel,
     keyBytesMax: int("max-key-bytes", String(args["max-key-bytes"]), 1, 64 * 1024),
     valueBytesMax: int("max-value-bytes", String(args["max-value-bytes"]), 0, 64 * 1024 * 1024),
+    historyEntries: int("history-entries", String(args["history-entries"]), 1, 100_000_000),
   };
 }
 

@@ -20,6 +20,8 @@ export interface NodeConfig {
   logLevel: LogLevel;
   keyBytesMax: number;
   valueBytesMax: number;
+  /** Writes the leader keeps for catching followers up without a full transfer. */
+  historyEntries: number;
 }
 
 export const defaults: NodeConfig = {
@@ -36,4 +38,5 @@ export const defaults: NodeConfig = {
   logLevel: "info",
   keyBytesMax: limits.keyBytesMax,
   valueBytesMax: limits.valueBytesMax,
+  historyEntries: limits.historyEntriesMax,
 };

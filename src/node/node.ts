@@ -51,6 +51,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         term,
         historyId,
         cluster: config.cluster,
+        historyEntries: config.historyEntries,
         now,
         log,
         schedule: () => {
@@ -380,7 +381,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     }, PING_INTERVAL_MS),
     setInterval(() => {
       if (leader) leader.purgeTombstones();
-      else follower!.purgeTombstones(limits.historyEntriesMax);
+      else follower!.purgeTombstones(config.historyEntries);
     }, 1000),
   ];
   reconcile();

@@ -51,6 +51,8 @@ export interface LeaderOptions {
   term: number;
   historyId: string;
   cluster: string;
+  /** Writes kept for tail catch-up (the history is also bounded by limits.historyBytesMax). */
+  historyEntries: number;
   now: () => number;
   log: Logger;
   /** Asks the caller to run `pumpAll` soon (batches the writes of one event-loop turn). */
@@ -67,7 +69,7 @@ export class Leader {
   readonly stats: LeaderStats = { tailCatchUps: 0, fullTransfers: 0, resyncs: 0 };
 
   constructor(private readonly o: LeaderOptions) {
-    this.history = new History(limits.historyEntriesMax, limits.historyBytesMax, 0);
+    this.history = new History(o.historyEntries, limits.historyBytesMax, 0);
   }
 
   get head(): number {

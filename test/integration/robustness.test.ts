@@ -1,0 +1,181 @@
+/**
+ * Bad input from the network never crashes or confuses a node: garbage datagrams on the discovery
+ * port, garbage frames on the replication port, and a follower too slow for the leader's history.
+ */
+import { describe, expect, test } from "bun:test";
+import { encodeDatagram, DatagramType, FrameType, encodeFrame, PROTOCOL_VERSION } from "../../src/protocol/index.ts";
+import { SO_REUSEADDR } from "../../src/discovery/udp.ts";
+import { TestCluster, freeUdpPort } from "../support/cluster.ts";
+import { waitFor } from "../support/wait.ts";
+
+async function udpSender() {
+  const s = await Bun.udpSocket({ hostname: "127.0.0.1", port: 0 });
+  s.setBroadcast(true);
+  return s;
+}
+
+/** Send raw bytes to a TCP port; resolves when the peer closes the connection (or after `idleMs` of nothing). */
+function tcpSend(port: number, bytes: Uint8Array): Promise<{ closedByPeer: boolean; received: number }> {
+  return new Promise((resolve, reject) => {
+    let received = 0;
+    let done = false;
+    const finish = (closedByPeer: boolean) => {
+      if (!done) {
+        done = true;
+        resolve({ closedByPeer, received });
+      }
+    };
+    Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      socket: {
+        open(s) {
+          s.write(bytes);
+        },
+        data(_s, d) {
+          received += d.length;
+        },
+        close() {
+          finish(true);
+        },
+        connectError(_s, e) {
+          reject(e);
+        },
+      },
+    }).then((s) => setTimeout(() => (finish(false), s.end()), 5_000));
+  });
+}
+
+describe("the discovery port", () => {
+  test("several sockets on one host can bind the same UDP port with SO_REUSEADDR (flags: 16)", async () => {
+    // Pins the undocumented Bun option the whole one-host cluster relies on (PLATFORM.md).
+    const port = await freeUdpPort();
+    const opts = { hostname: "0.0.0.0", port, socket: { data() {} } };
+    const a = await Bun.udpSocket(Object.assign({}, opts, { flags: SO_REUSEADDR }));
+    const b = await Bun.udpSocket(Object.assign({}, opts, { flags: SO_REUSEADDR }));
+    expect(a.port).toBe(port);
+    expect(b.port).toBe(port);
+    a.close();
+    b.close();
+  });
+
+  test("garbage, truncated, oversized and foreign-cluster datagrams are dropped and counted; nodes stay healthy", async () => {
+    await using c = await TestCluster.create();
+    const leader = await c.start({ leader: true });
+    const f = await c.start();
+    await c.awaitMembership([leader, f], 2);
+
+    const s = await udpSender();
+    const valid = encodeDatagram({
+      type: DatagramType.Announce, cluster: c.name, nodeId: "feedfacefeedface", host: "127.0.0.1",
+      clusterPort: 1, apiPort: 1, group: 0, leader: true, term: 99, seq: 0, historyId: "x",
+    });
+    const foreign = encodeDatagram({
+      type: DatagramType.Announce, cluster: "someone-else", nodeId: "0123456789abcdef", host: "127.0.0.1",
+      clusterPort: 2, apiPort: 2, group: 0, leader: true, term: 1, seq: 0, historyId: "y",
+    });
+    const flipped = Uint8Array.from(valid);
+    flipped[flipped.length - 3]! ^= 0x40;
+    const bad = [
+      new TextEncoder().encode("hello there"),
+      crypto.getRandomValues(new Uint8Array(300)),
+      valid.subarray(0, valid.length - 5),
+      flipped,
+      new Uint8Array(1400 + 100),
+      foreign,
+      new Uint8Array(0),
+    ];
+    for (let round = 0; round < 5; round++) for (const b of bad) s.send(b, c.discoveryPort, "127.255.255.255");
+    s.close();
+
+    await waitFor("both nodes to count the dropped datagrams", async () => {
+      for (const n of [leader, f]) {
+        const d = (await n.cluster()).discovery.dropped;
+        const total = Object.values(d as Record<string, number>).reduce((a, b) => a + b, 0);
+        if (total < 25) return false;
+      }
+      return true;
+    });
+    const d = (await f.cluster()).discovery.dropped;
+    expect(d["wrong-cluster"]).toBeGreaterThanOrEqual(5);
+    expect(d["too-large"]).toBeGreaterThanOrEqual(5);
+    for (const n of [leader, f]) {
+      const cl = await n.cluster();
+      expect(cl.node_count).toBe(2);
+      expect(cl.nodes.map((x: any) => x.node_id)).not.toContain("0123456789abcdef");
+      expect((await n.health()).status).toBe("healthy");
+    }
+    // Replication still works.
+    expect((await leader.set("after", "garbage")).status).toBe(200);
+    await waitFor("replication after garbage", async () => (await f.get("after")).status === 200);
+  });
+});
+
+describe("the replication port", () => {
+  test("garbage and oversized frames close that connection; the node keeps serving and replicating", async () => {
+    await using c = await TestCluster.create();
+    const leader = await c.start({ leader: true });
+    const f = await c.start();
+    await c.awaitInSync(leader, f);
+
+    const header = (type: number, extra: number[] = []) => {
+      const b = Buffer.alloc(26 + extra.length);
+      b.writeUInt32BE(22 + extra.length, 0);
+      b[4] = PROTOCOL_VERSION;
+      b[5] = type;
+      Buffer.from(extra).copy(b, 26);
+      return b;
+    };
+    const hugeLength = Buffer.from([0xff, 0xff, 0xff, 0xf0, PROTOCOL_VERSION, 1]);
+    const wrongVersion = Buffer.from([0, 0, 0, 30, 99, 1, 0, 0]);
+    const unknownType = header(200);
+    const truncatedHello = header(FrameType.Hello, [0, 0, 0, 50, 1, 2]);
+    const ackBeforeHello = encodeFrame({ type: FrameType.Ack, group: 0, term: 0, seq: 5 });
+    const wrongCluster = encodeFrame({ type: FrameType.Hello, group: 0, term: 0, seq: 0, cluster: "other", nodeId: "n", historyId: "" });
+    const wrongGroup = encodeFrame({ type: FrameType.Hello, group: 3, term: 0, seq: 0, cluster: c.name, nodeId: "n", historyId: "" });
+    const http = new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    const random = crypto.getRandomValues(new Uint8Array(4096));
+
+    for (const port of [leader.clusterPort, f.clusterPort])
+      for (const bytes of [hugeLength, wrongVersion, unknownType, truncatedHello, ackBeforeHello, wrongCluster, wrongGroup, http, random]) {
+        const r = await tcpSend(port, bytes);
+        expect(r.closedByPeer).toBe(true);
+      }
+
+    expect(leader.log).toMatch(/closing replication connection/);
+    for (const n of [leader, f]) expect((await n.health()).status).toBe("healthy");
+    expect((await leader.set("still", "works")).status).toBe(200);
+    await waitFor("replication after garbage frames", async () => (await f.get("still")).status === 200);
+    expect((await leader.cluster()).replication.followers.length).toBe(1);
+  });
+});
+
+describe("a follower too slow for the leader's history", () => {
+  test("is resynchronised with a full transfer instead of growing the leader's memory, and ends identical", async () => {
+    await using c = await TestCluster.create({ heartbeatMs: 200, staleMs: 60_000 });
+    const leader = await c.start({ leader: true, extra: ["-history-entries", "100"] });
+    const f = await c.start();
+    await c.awaitInSync(leader, f);
+    const before = (await f.cluster()).replication.full_transfers;
+
+    // Freeze the follower: its socket buffers fill, the leader's pump stops at its bound, and the
+    // history (100 writes) moves past the follower's position.
+    f.proc.kill("SIGSTOP");
+    try {
+      const value = "v".repeat(4096);
+      for (let i = 0; i < 4000; i += 100) {
+        const rs = await Promise.all(Array.from({ length: 100 }, (_, j) => leader.set(`big${i + j}`, value)));
+        for (const r of rs) expect(r.status).toBe(200);
+      }
+      await leader.del("big0");
+    } finally {
+      f.proc.kill("SIGCONT");
+    }
+    await c.awaitInSync(leader, f, 30_000);
+    const [lk, fk] = await Promise.all([leader.request("/keys"), f.request("/keys")]);
+    expect(lk.body.count).toBe(3999);
+    expect(fk.body).toEqual(lk.body);
+    expect((await f.cluster()).replication.full_transfers).toBeGreaterThan(before);
+    expect(leader.log).toMatch(/fell behind the history/);
+  });
+});
