@@ -12,7 +12,7 @@ import { type NodeConfig, defaults } from "../node/config.ts";
 export const argsDef = {
   port: { type: "string", description: "TCP port for cluster communication (replication); 0 picks a free one", default: String(defaults.port), valueHint: "int" },
   group: { type: "string", description: "Replication group id", default: String(defaults.group), valueHint: "int" },
-  leader: { type: "boolean", description: "Make this node the leader of its group", default: false },
+  leader: { type: "boolean", description: "Make this node the leader of its group (on by itself when kvnode runs with no flags at all)", default: false },
   api: { type: "string", description: "HTTP API port; 0 picks a free one", default: String(defaults.api), valueHint: "int" },
   host: { type: "string", description: "IPv4 address to bind and advertise", default: defaults.host, valueHint: "ip" },
   "discovery-port": { type: "string", description: "UDP port for discovery broadcasts (shared by every node of a host)", default: String(defaults.discoveryPort), valueHint: "int" },
@@ -38,6 +38,9 @@ const builtins = new Set(["help", "h", "version", "v"]);
  * flags and stray arguments. Everything after `--` is left alone (and refused: we take none).
  */
 export function normalizeArgv(raw: readonly string[]): string[] {
+  // No flags at all: a working standalone node, i.e. the leader of group 0 with every default.
+  // With any flag, a node leads only when given -leader (the seed's follower commands).
+  if (raw.length === 0) return ["--leader"];
   const out: string[] = [];
   for (let i = 0; i < raw.length; i++) {
     const a = raw[i]!;

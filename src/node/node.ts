@@ -272,7 +272,12 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       connected: leader ? true : linkUp,
       full_transfers: leader ? leader.stats.fullTransfers : fstats!.fullTransfers,
       tail_catch_ups: leader ? leader.stats.tailCatchUps : fstats!.tailCatchUps,
-      followers: leader ? leader.followers() : [],
+      followers: leader
+        ? leader.followers().map((f) => {
+            const m = membership.get(f.node_id);
+            return m ? { ...f, address: `${m.host}:${m.clusterPort}` } : f;
+          })
+        : [],
     };
   };
 

@@ -1,0 +1,64 @@
+/**
+ * Micro-benchmarks of the hot paths (mitata): key hashing, ring lookup, store, replication frame
+ * and discovery datagram codecs. Each prints ns/op; ops/s is 1e9 / ns.
+ */
+import { bench, do_not_optimize, group, summary } from "mitata";
+import { DatagramType, FrameType, decodeDatagram, decodeFrame, encodeDatagram, encodeFrame } from "../src/protocol/index.ts";
+import { HashRing, murmur3 } from "../src/ring/index.ts";
+import { Store } from "../src/store/index.ts";
+
+export function registerMicro(opts: { quick: boolean }): void {
+  const keys = Array.from({ length: 4096 }, (_, i) => `user:${i * 7919}:profile`);
+  let k = 0;
+  const nextKey = () => keys[k++ & 4095]!;
+
+  group("hash", () => {
+    bench("murmur3 (24-byte ASCII key)", () => do_not_optimize(murmur3(nextKey())));
+    bench("Bun.hash.murmur32v3 (same keys, native baseline)", () => do_not_optimize(Bun.hash.murmur32v3(nextKey())));
+  });
+
+  summary(() => {
+    group("ring.ownerOf, 150 vnodes a group", () => {
+      for (const n of [3, 16, 64]) {
+        const ring = new HashRing(Array.from({ length: n }, (_, i) => i));
+        bench(`${n} groups`, () => do_not_optimize(ring.ownerOf(nextKey())));
+      }
+    });
+  });
+
+  const sizes = opts.quick ? [10_000] : [10_000, 1_000_000];
+  group("store", () => {
+    for (const size of sizes) {
+      const store = new Store();
+      const storeKeys = Array.from({ length: size }, (_, i) => `key:${i}`);
+      const value = "v".repeat(100);
+      for (let i = 0; i < size; i++) store.set(storeKeys[i]!, value, i + 1);
+      let version = size;
+      let i = 0;
+      bench(`get, ${size} keys`, () => do_not_optimize(store.get(storeKeys[i++ % size]!)));
+      bench(`set (overwrite), ${size} keys`, () => do_not_optimize(store.set(storeKeys[i++ % size]!, value, ++version)));
+      bench(`delete + set, ${size} keys`, () => {
+        const key = storeKeys[i++ % size]!;
+        store.delete(key, ++version);
+        store.set(key, value, ++version);
+      });
+    }
+  });
+
+  group("replication frame (Put, 24-byte key, 100-byte value)", () => {
+    const frame = { type: FrameType.Put, group: 0, term: 1, seq: 123456, key: "user:12345:profile:abcde", value: "v".repeat(100) } as const;
+    const bytes = encodeFrame(frame);
+    bench("encode", () => do_not_optimize(encodeFrame(frame)));
+    bench("decode", () => do_not_optimize(decodeFrame(bytes, 0, 1 << 21)));
+  });
+
+  group("discovery datagram", () => {
+    const a = {
+      type: DatagramType.Announce, cluster: "kvnode", nodeId: "a1b2c3d4e5f60718", host: "127.0.0.1",
+      clusterPort: 8000, apiPort: 9000, group: 0, leader: true, term: 1, seq: 42, historyId: "6c1f0e9a2b3d4c5e",
+    } as const;
+    const bytes = encodeDatagram(a);
+    bench("encode", () => do_not_optimize(encodeDatagram(a)));
+    bench("decode", () => do_not_optimize(decodeDatagram(bytes, "kvnode")));
+  });
+}
