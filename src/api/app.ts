@@ -100,7 +100,7 @@ export function createApi(s: KvService) {
             title: "kvnode",
             version: VERSION,
             description:
-              "Distributed key-value store for Bun. Writes and deletes sent to a follower are forwarded to its group's leader. Errors are JSON {\"error\": \"...\"}.",
+              "Distributed key-value store for Bun. Writes and deletes sent to a follower are forwarded to its group's leader. Errors are JSON objects with an error field.",
           },
         },
       }),
@@ -110,9 +110,15 @@ export function createApi(s: KvService) {
       set.headers["x-kvnode-group"] = String(s.group);
     })
     .onError(({ code, error, set, request, path }) => {
-      if (error instanceof KvError) {
-        set.status = statusOf(error);
-        return { error: error.message };
+      // Our parser's errors reach here wrapped in Elysia's ParseError (code "PARSE"), as its cause.
+      const kv = error instanceof KvError ? error : (error as { cause?: unknown })?.cause;
+      if (kv instanceof KvError) {
+        set.status = statusOf(kv);
+        return { error: kv.message };
+      }
+      if (code === "VALIDATION" && (error as { type?: string }).type === "response") {
+        set.status = 500;
+        return { error: `Internal error: the answer did not match its schema (${describeValidation(error)})` };
       }
       if (code === "VALIDATION") {
         set.status = 400;
@@ -147,7 +153,7 @@ export function createApi(s: KvService) {
       {
         // Our own parser: JSON whatever the content-type (curl -d sends form encoding), with a
         // clear error for malformed JSON and 413 for an oversized body.
-        parse: ({ request }) => parseJsonBody(request, bodyLimit),
+        parse: [({ request }) => parseJsonBody(request, bodyLimit), "json"],
         body: SetBody,
         response: { 200: SetReply, ...errors },
         detail: { summary: "Set a key to a value", description: "On a follower the write is forwarded to its group's leader and answered as the leader answers." },

@@ -1,11 +1,13 @@
 /** Request and response schemas: they validate requests and document the API at /swagger. */
+import { Type } from "@sinclair/typebox";
 import { t } from "elysia";
+const Int = Type.Integer;
 
 export const ErrorBody = t.Object(
   {
     error: t.String({ description: "What went wrong, in one line" }),
     key: t.Optional(t.String()),
-    group: t.Optional(t.Integer()),
+    group: t.Optional(Int()),
   },
   { description: "Every error answer has this shape" },
 );
@@ -18,25 +20,25 @@ export const SetBody = t.Object({
 export const SetReply = t.Object({
   status: t.Literal("ok"),
   key: t.String(),
-  version: t.Integer({ description: "Sequence the group's leader gave this write" }),
+  version: Int({ description: "Sequence the group's leader gave this write" }),
 });
 
 export const GetReply = t.Object({
   key: t.String(),
   value: t.String(),
-  version: t.Integer({ description: "Sequence of the write that set this value" }),
+  version: Int({ description: "Sequence of the write that set this value" }),
 });
 
 export const DeleteReply = t.Object({
   status: t.Literal("ok"),
   key: t.String(),
   deleted: t.Boolean({ description: "false when the key did not exist" }),
-  version: t.Integer({ description: "Sequence of the delete (the group's head when nothing was deleted)" }),
+  version: Int({ description: "Sequence of the delete (the group's head when nothing was deleted)" }),
 });
 
 export const KeysReply = t.Object({
   keys: t.Array(t.String()),
-  count: t.Integer(),
+  count: Int(),
 });
 
 export const KeyQuery = t.Object({ key: t.Optional(t.String({ description: "The key" })) });
@@ -45,45 +47,45 @@ const NodeView = t.Object({
   node_id: t.String(),
   address: t.String({ description: "host:port of the replication (cluster) port" }),
   api_address: t.String({ description: "host:port of the HTTP API" }),
-  group_id: t.Integer(),
+  group_id: Int(),
   is_leader: t.Boolean(),
-  term: t.Integer(),
-  seq: t.Integer({ description: "Leader: head sequence. Follower: applied sequence (as last announced)" }),
-  last_seen_ms_ago: t.Integer(),
+  term: Int(),
+  seq: Int({ description: "Leader: head sequence. Follower: applied sequence (as last announced)" }),
+  last_seen_ms_ago: Int(),
 });
 
 const FollowerView = t.Object({
   node_id: t.String(),
   address: t.String(),
   state: t.String({ description: "snapshot (full transfer in progress) or stream" }),
-  acked_seq: t.Integer(),
-  lag: t.Integer({ description: "Writes the follower has not acknowledged yet" }),
-  last_ack_ms_ago: t.Integer(),
-  replication_delay_ms: t.Integer({ description: "Time from a write to its acknowledgement, for the last one acked" }),
+  acked_seq: Int(),
+  lag: Int({ description: "Writes the follower has not acknowledged yet" }),
+  last_ack_ms_ago: Int(),
+  replication_delay_ms: Int({ description: "Time from a write to its acknowledgement, for the last one acked" }),
 });
 
 export const ReplicationView = t.Object({
   role: t.String(),
   history_id: t.String(),
-  seq: t.Integer({ description: "Leader: head. Follower: applied" }),
+  seq: Int({ description: "Leader: head. Follower: applied" }),
   leader_id: t.Union([t.String(), t.Null()]),
-  leader_seq: t.Integer({ description: "Follower: the leader's head as last heard" }),
-  lag: t.Integer({ description: "Follower: leader_seq - seq" }),
+  leader_seq: Int({ description: "Follower: the leader's head as last heard" }),
+  lag: Int({ description: "Follower: leader_seq - seq" }),
   connected: t.Boolean({ description: "Follower: link to the leader is up and in sync" }),
-  full_transfers: t.Integer(),
-  tail_catch_ups: t.Integer(),
+  full_transfers: Int(),
+  tail_catch_ups: Int(),
   followers: t.Array(FollowerView),
 });
 
 export const ClusterReply = t.Object({
   self_node_id: t.String(),
-  self_group: t.Integer(),
+  self_group: Int(),
   is_leader: t.Boolean(),
   nodes: t.Array(NodeView),
-  node_count: t.Integer(),
+  node_count: Int(),
   groups: t.Array(
     t.Object({
-      group_id: t.Integer(),
+      group_id: Int(),
       leader: t.Union([t.String(), t.Null()], { description: "Node id of the group's leader" }),
       members: t.Array(t.String()),
       ring_share: t.Number({ description: "Fraction of the hash ring this group owns" }),
@@ -91,22 +93,22 @@ export const ClusterReply = t.Object({
   ),
   replication: ReplicationView,
   discovery: t.Object({
-    received: t.Integer(),
-    accepted: t.Integer(),
-    dropped: t.Record(t.String(), t.Integer()),
-    sent: t.Integer(),
-    send_errors: t.Integer(),
+    received: Int(),
+    accepted: Int(),
+    dropped: t.Record(t.String(), Int()),
+    sent: Int(),
+    send_errors: Int(),
   }),
 });
 
 export const HealthReply = t.Object({
   status: t.String({ description: "healthy" }),
   role: t.String({ description: "leader or follower" }),
-  group: t.Integer(),
-  keys: t.Integer(),
+  group: Int(),
+  keys: Int(),
   node_id: t.String(),
-  seq: t.Integer(),
-  lag: t.Integer(),
+  seq: Int(),
+  lag: Int(),
   leader_id: t.Union([t.String(), t.Null()]),
   followers: t.Array(FollowerView),
 });
