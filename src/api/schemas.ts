@@ -77,6 +77,19 @@ export const ReplicationView = t.Object({
   followers: t.Array(FollowerView),
 });
 
+export const StorageView = t.Object({
+  data_dir: t.Union([t.String(), t.Null()], { description: "null when running -in-memory" }),
+  durable_seq: Int({ description: "Highest sequence on disk (in memory: the applied one)" }),
+  data_dir_bytes: Int(),
+  fsync: t.String({ description: "always, batch, never, or in-memory" }),
+  log_flushes: Int({ description: "Group commits: one write and one fsync each" }),
+  log_records: Int(),
+  log_failures: Int(),
+  snapshots: Int(),
+  last_snapshot_seq: Int(),
+  torn_bytes_cut: Int({ description: "Bytes of a torn log tail cut off at start-up" }),
+});
+
 export const ClusterReply = t.Object({
   self_node_id: t.String(),
   self_group: Int(),
@@ -92,6 +105,7 @@ export const ClusterReply = t.Object({
     }),
   ),
   replication: ReplicationView,
+  storage: StorageView,
   discovery: t.Object({
     received: Int(),
     accepted: Int(),
@@ -103,6 +117,8 @@ export const ClusterReply = t.Object({
 
 export const HealthReply = t.Object({
   status: t.String({ description: "healthy" }),
+  durable_seq: Int({ description: "Highest sequence on disk" }),
+  data_dir_bytes: Int({ description: "Size of the data directory" }),
   role: t.String({ description: "leader or follower" }),
   group: Int(),
   keys: Int(),

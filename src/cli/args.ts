@@ -8,6 +8,8 @@ import { parseArgs } from "citty";
 import { type LogLevel, logLevels } from "../lib/log.ts";
 import { broadcastFor, isIPv4 } from "../node/broadcast.ts";
 import { type NodeConfig, defaults } from "../node/config.ts";
+import { type FsyncMode, fsyncModes } from "../wal/log.ts";
+import { join } from "node:path";
 
 export const argsDef = {
   port: { type: "string", description: "TCP port for cluster communication (replication); 0 picks a free one", default: String(defaults.port), valueHint: "int" },
@@ -23,6 +25,11 @@ export const argsDef = {
   "log-level": { type: "string", description: `Log level: ${logLevels.join(", ")}`, default: defaults.logLevel, valueHint: "level" },
   "max-key-bytes": { type: "string", description: "Largest key in UTF-8 bytes", default: String(defaults.keyBytesMax), valueHint: "bytes" },
   "max-value-bytes": { type: "string", description: "Largest value in UTF-8 bytes", default: String(defaults.valueBytesMax), valueHint: "bytes" },
+  "data-dir": { type: "string", description: "Directory for this node's data (default: ./data/<port>)", valueHint: "path" },
+  "in-memory": { type: "boolean", description: "Keep no data on disk (a cache; a restart starts empty)", default: false },
+  fsync: { type: "string", description: "When a write is answered: always (after its fsync), batch (after the fsync of its -fsync-ms window), never (once the OS has it)", default: defaults.fsync, valueHint: "mode" },
+  "fsync-ms": { type: "string", description: "Group-commit window of -fsync batch, in ms", default: String(defaults.fsyncMs), valueHint: "ms" },
+  "snapshot-bytes": { type: "string", description: "Log size past which a snapshot is written and the log it covers dropped", default: String(defaults.snapshotBytes), valueHint: "bytes" },
   "history-entries": { type: "string", description: "Writes a leader keeps to catch followers up without a full transfer (also bounded to 64 MiB)", default: String(defaults.historyEntries), valueHint: "int" },
 } as const satisfies ArgsDef;
 
@@ -96,11 +103,23 @@ export function toConfig(args: ParsedArgs<typeof argsDef>): NodeConfig {
   if (!logLevels.includes(logLevel as LogLevel)) throw new UsageError(`invalid value for -log-level: "${logLevel}" is not one of ${logLevels.join(", ")}`);
   const cluster = String(args.cluster);
   if (cluster.length === 0 || Buffer.byteLength(cluster) > 64) throw new UsageError(`invalid value for -cluster: must be 1 to 64 bytes`);
+  const fsync = String(args.fsync);
+  if (!fsyncModes.includes(fsync as FsyncMode)) throw new UsageError(`invalid value for -fsync: "${fsync}" is not one of ${fsyncModes.join(", ")}`);
+  const port = int("port", String(args.port), 0, 65535);
+  const inMemory = bool("in-memory", args["in-memory"]);
+  let dataDir: string | null = null;
+  if (!inMemory) {
+    dataDir = args["data-dir"] === undefined ? "" : String(args["data-dir"]);
+    if (dataDir === "") {
+      if (port === 0) throw new UsageError("-port 0 needs -data-dir (the default data dir is named after the port) or -in-memory");
+      dataDir = join("data", String(port));
+    }
+  } else if (args["data-dir"] !== undefined) throw new UsageError("-in-memory and -data-dir exclude each other");
   const heartbeatMs = int("heartbeat-ms", String(args["heartbeat-ms"]), 10, 3_600_000);
   const staleMs = int("stale-ms", String(args["stale-ms"]), 10, 86_400_000);
   if (staleMs <= heartbeatMs) throw new UsageError(`invalid value for -stale-ms: ${staleMs} must be greater than -heartbeat-ms ${heartbeatMs}`);
   return {
-    port: int("port", String(args.port), 0, 65535),
+    port,
     group: int("group", String(args.group), 0, 2 ** 31 - 1),
     leader: bool("leader", args.leader),
     api: int("api", String(args.api), 0, 65535),
@@ -114,6 +133,10 @@ export function toConfig(args: ParsedArgs<typeof argsDef>): NodeConfig {
     keyBytesMax: int("max-key-bytes", String(args["max-key-bytes"]), 1, 64 * 1024),
     valueBytesMax: int("max-value-bytes", String(args["max-value-bytes"]), 0, 64 * 1024 * 1024),
     historyEntries: int("history-entries", String(args["history-entries"]), 1, 100_000_000),
+    dataDir,
+    fsync: fsync as FsyncMode,
+    fsyncMs: int("fsync-ms", String(args["fsync-ms"]), 0, 10_000),
+    snapshotBytes: int("snapshot-bytes", String(args["snapshot-bytes"]), 4096, 2 ** 40),
   };
 }
 

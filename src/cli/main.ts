@@ -5,7 +5,7 @@
  */
 import { defineCommand, runMain } from "citty";
 import { createLogger } from "../lib/log.ts";
-import { startNode } from "../node/node.ts";
+import { type RunningNode, startNode } from "../node/node.ts";
 import { UsageError, argsDef, normalizeArgv, toConfig } from "./args.ts";
 import pkg from "../../package.json" with { type: "json" };
 
@@ -26,22 +26,25 @@ const command = defineCommand({
       throw e;
     }
     const log = createLogger(config.logLevel, (l) => process.stderr.write(l));
-    let node;
-    try {
-      node = await startNode(config, log);
-    } catch (e) {
-      fail(1, `cannot start: ${(e as Error).message}`);
-    }
+    // Handlers go in before the node starts: a signal during start-up stops it once it is up.
     let stopping = false;
+    let started: Promise<RunningNode> | null = null;
     const shutdown = async (signal: string) => {
       if (stopping) process.exit(1); // a second signal: stop now
       stopping = true;
       log.info("shutting down", { signal });
-      await node.stop();
+      const node = await started?.catch(() => null);
+      await node?.stop();
       process.exit(0);
     };
     process.on("SIGINT", () => void shutdown("SIGINT"));
     process.on("SIGTERM", () => void shutdown("SIGTERM"));
+    try {
+      started = startNode(config, log);
+      await started;
+    } catch (e) {
+      fail(1, `cannot start: ${(e as Error).message}`);
+    }
   },
 });
 

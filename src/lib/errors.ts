@@ -20,3 +20,8 @@ export class TooLargeError extends KvError {
 export class UnavailableError extends KvError {
   override name = "UnavailableError";
 }
+
+/** The disk is full: writes are refused (507) until space returns; reads go on. */
+export class StorageFullError extends KvError {
+  override name = "StorageFullError";
+}

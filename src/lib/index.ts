@@ -1,5 +1,5 @@
 export { assert, AssertionError } from "./assert.ts";
-export { KvError, BadRequestError, TooLargeError, UnavailableError } from "./errors.ts";
+export { KvError, BadRequestError, TooLargeError, UnavailableError, StorageFullError } from "./errors.ts";
 export { limits, frameBytesMax } from "./limits.ts";
 export { crc32 } from "./crc32.ts";
 export { type Clock, systemClock } from "./clock.ts";

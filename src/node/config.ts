@@ -1,6 +1,7 @@
 /** A node's validated configuration. The CLI builds it from flags; tests build it directly. */
 import type { LogLevel } from "../lib/log.ts";
 import { limits } from "../lib/limits.ts";
+import type { FsyncMode } from "../wal/log.ts";
 
 export interface NodeConfig {
   /** Cluster (replication) TCP port; 0 picks a free one. */
@@ -22,6 +23,12 @@ export interface NodeConfig {
   valueBytesMax: number;
   /** Writes the leader keeps for catching followers up without a full transfer. */
   historyEntries: number;
+  /** Data directory; null keeps everything in memory (-in-memory). */
+  dataDir: string | null;
+  fsync: FsyncMode;
+  fsyncMs: number;
+  /** Log size past which a snapshot is written and the log it covers dropped. */
+  snapshotBytes: number;
 }
 
 export const defaults: NodeConfig = {
@@ -39,4 +46,8 @@ export const defaults: NodeConfig = {
   keyBytesMax: limits.keyBytesMax,
   valueBytesMax: limits.valueBytesMax,
   historyEntries: limits.historyEntriesMax,
+  dataDir: "data/8000",
+  fsync: "batch",
+  fsyncMs: 2,
+  snapshotBytes: 64 * 1024 * 1024,
 };

@@ -18,6 +18,9 @@ import { Follower } from "../replication/follower.ts";
 import { Leader, type FollowerLink } from "../replication/leader.ts";
 import { type ClientLink, type ServerConn, connectReplication, listenReplication } from "../replication/tcp.ts";
 import { Store } from "../store/store.ts";
+import { FrameType, encodeFrame } from "../protocol/frame.ts";
+import type { Outbox } from "../replication/outbox.ts";
+import { Durability, storageError } from "./durability.ts";
 import type { NodeConfig } from "./config.ts";
 
 const PING_INTERVAL_MS = 1000;
@@ -37,11 +40,31 @@ function randomId(bytes: number): string {
 
 export async function startNode(config: NodeConfig, log: Logger): Promise<RunningNode> {
   const now = () => performance.now();
-  const nodeId = randomId(8);
-  const historyId = randomId(8);
   const store = new Store();
   const frameMax = frameBytesMax(config.keyBytesMax, config.valueBytesMax);
-  const term = config.leader ? 1 : 0;
+
+  // --- data dir: recover before anything listens, so what we announce is what we hold.
+  let nodeId = randomId(8);
+  let historyId = randomId(8);
+  let term = config.leader ? 1 : 0;
+  let durability: Durability | null = null;
+  const replayed: [number, number, Uint8Array][] = [];
+  if (config.dataDir) {
+    durability = Durability.recover(
+      store,
+      { dir: config.dataDir, group: config.group, fsync: config.fsync, fsyncMs: config.fsyncMs, snapshotBytes: config.snapshotBytes, frameBytesMax: frameMax, newId: () => randomId(8), log },
+      config.leader ? (seq, t, frame) => replayed.push([seq, t, frame]) : undefined,
+    );
+    nodeId = durability.identity.node_id;
+    historyId = durability.identity.history_id;
+    if (config.leader) {
+      // Every start as leader is a new term: entries written from now on are told apart from any
+      // this node wrote before and may have lost (fsync never and a power cut).
+      term = Math.max(durability.identity.term, durability.recovered.term) + 1;
+      durability.saveIdentity({ term });
+    }
+  }
+  const rec = durability?.recovered;
 
   let pumpScheduled = false;
   const leader = config.leader
@@ -52,6 +75,8 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         historyId,
         cluster: config.cluster,
         historyEntries: config.historyEntries,
+        wal: durability ? { append: (seq, frame) => durability.append(seq, frame) } : undefined,
+        start: rec ? { seq: rec.snapshotSeq, term: rec.snapshotTerm } : undefined,
         now,
         log,
         schedule: () => {
@@ -64,7 +89,45 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         },
       })
     : null;
-  const follower = leader ? null : new Follower(store, config.group, config.cluster, nodeId);
+  for (const [seq, t, frame] of replayed) leader!.restore(seq, t, frame);
+  replayed.length = 0;
+  const follower = leader
+    ? null
+    : new Follower(
+        store,
+        config.group,
+        config.cluster,
+        nodeId,
+        durability
+          ? {
+              onEntry: (seq, f) => durability.append(seq, encodeFrame(f)),
+              onHistory: (h, seq, t, kind) => durability.adoptHistory(h, seq, t, store, kind),
+            }
+          : {},
+        rec ? { historyId, seq: rec.seq, term: rec.term } : undefined,
+      );
+  let linkOut: Outbox | null = null;
+  if (durability) {
+    await durability.open(
+      (seq) => {
+        if (leader) {
+          leader.durable(seq);
+          durability.maybeSnapshot(leader.head, leader.termAt(leader.head), store, now());
+        } else {
+          linkOut?.send(follower!.ack(seq));
+          durability.maybeSnapshot(follower!.applied, follower!.term, store, now());
+        }
+      },
+      (fromSeq, e) => {
+        if (leader) leader.failed(fromSeq, e);
+        else {
+          // Our copy is ahead of our log: start over from the leader (entries re-apply harmlessly).
+          follower!.rewind(0, 0);
+          link?.close();
+        }
+      },
+    );
+  }
 
   // --- replication listener: every node listens; only a leader accepts followers.
   const replication = listenReplication(
@@ -143,6 +206,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       frameMax,
       {
         onOpen(out) {
+          linkOut = out;
           out.send(follower.hello());
         },
         onFrames(frames, out) {
@@ -150,15 +214,16 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
           for (const f of frames) {
             const err = follower.onFrame(f);
             if (err) return err;
-            if (f.type === 9 /* Ping */) out.send(follower.ack());
+            if (f.type === FrameType.Ping) out.send(follower.ack(durability ? durability.durableSeq : follower.applied));
           }
-          if (!linkUp && !follower.syncing && frames.some((f) => f.type === 2 || f.type === 5)) {
+          if (!linkUp && !follower.syncing && frames.some((f) => f.type === FrameType.Welcome || f.type === FrameType.SnapshotEnd)) {
             linkUp = true;
             backoffMs = limits.reconnectBackoffMinMs;
             log.info("in sync with leader", { leader: target.nodeId, address, seq: follower.applied });
           }
           if (follower.applied !== before) {
-            out.send(follower.ack());
+            // A persistent follower acknowledges what is on its disk, when the log says so.
+            if (!durability) out.send(follower.ack());
             wakeWaiters();
           }
           return undefined;
@@ -166,6 +231,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         onClose(reason) {
           const wasUp = linkUp;
           link = null;
+          linkOut = null;
           linkUp = false;
           linkTarget = null;
           if (stopping) return;
@@ -230,6 +296,16 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       }, limits.forwardApplyWaitMs);
     });
 
+  /** Answer a write only once it is durable (at once in memory); map disk errors to 507/503. */
+  const durableOrThrow = async (seq: number) => {
+    if (!durability) return;
+    try {
+      await leader!.whenApplied(seq);
+    } catch (e) {
+      throw storageError(e as NodeJS.ErrnoException);
+    }
+  };
+
   const service: KvService = {
     nodeId,
     group: config.group,
@@ -240,7 +316,11 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       return e ? { value: e.value!, version: e.version } : undefined;
     },
     async set(key, value, hops) {
-      if (leader) return { status: 200, body: { status: "ok", key, version: leader.set(key, value) } };
+      if (leader) {
+        const seq = leader.set(key, value);
+        await durableOrThrow(seq);
+        return { status: 200, body: { status: "ok", key, version: seq } };
+      }
       const r = await forward("POST", "/set", JSON.stringify({ key, value }), hops);
       if (r.status === 200 && typeof r.body.version === "number") await awaitApplied(r.body.version);
       return r;
@@ -248,6 +328,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     async delete(key, hops) {
       if (leader) {
         const { existed, seq } = leader.delete(key);
+        if (existed) await durableOrThrow(seq);
         return { status: 200, body: { status: "ok", key, deleted: existed, version: seq } };
       }
       const r = await forward("DELETE", `/delete?key=${encodeURIComponent(key)}`, undefined, hops);
@@ -309,13 +390,22 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         ring_share: Math.round((shares.get(g) ?? 0) * 1e6) / 1e6,
       })),
       replication: replicationView(),
+      storage: storageView(),
       discovery: { received: ds.received, accepted: ds.accepted, dropped: { ...ds.dropped }, sent: ds.sent, send_errors: ds.sendErrors },
     };
   };
 
+  const storageView = () => {
+    if (!durability) return { data_dir: null, durable_seq: position(), data_dir_bytes: 0, fsync: "in-memory", log_flushes: 0, log_records: 0, log_failures: 0, snapshots: 0, last_snapshot_seq: 0, torn_bytes_cut: 0 };
+    return durability.stats();
+  };
+
   const healthView = (): Static<typeof HealthReply> => {
     const r = replicationView();
+    const st = storageView();
     return {
+      durable_seq: st.durable_seq,
+      data_dir_bytes: st.data_dir_bytes,
       status: "healthy",
       role: r.role,
       group: config.group,
@@ -416,6 +506,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       replication.stop();
       await http.stop(true);
       for (const w of applyWaiters) w.resolve();
+      await durability?.close();
       log.info("kvnode stopped", { node_id: nodeId });
     },
   };

@@ -12,12 +12,21 @@ export interface FollowerStats {
   applied: number;
 }
 
+/** What a follower tells its node to make durable. */
+export interface FollowerHooks {
+  /** An entry was applied (a persistent node appends it to its log). */
+  onEntry?(seq: number, frame: Frame): void;
+  /** A full state transfer was installed, or a new history adopted: persist that. */
+  onHistory?(historyId: string, seq: number, term: number, kind: "snapshot" | "adopted"): void;
+}
+
 export class Follower {
   /** History the applied sequence belongs to ("" before the first sync). */
   historyId = "";
   applied = 0;
   /** Latest head sequence the leader told us about. */
   leaderHead = 0;
+  /** Term of the entry at `applied` (what Hello reports, so a leader can tell a diverged log). */
   term = 0;
   private welcomed = false;
   private staging: { seq: number; historyId: string; entries: [string, string, number][] } | null = null;
@@ -28,7 +37,15 @@ export class Follower {
     private readonly group: number,
     private readonly cluster: string,
     private readonly nodeId: string,
-  ) {}
+    private readonly hooks: FollowerHooks = {},
+    start?: { historyId: string; seq: number; term: number },
+  ) {
+    if (start) {
+      this.historyId = start.historyId;
+      this.applied = start.seq;
+      this.term = start.term;
+    }
+  }
 
   get syncing(): boolean {
     return this.staging !== null;
@@ -49,20 +66,31 @@ export class Follower {
     });
   }
 
-  ack(): Uint8Array {
-    return encodeFrame({ type: FrameType.Ack, group: this.group, term: this.term, seq: this.applied });
+  /** Acknowledge `seq` (the applied sequence, or for a persistent node the durable one). */
+  ack(seq = this.applied): Uint8Array {
+    return encodeFrame({ type: FrameType.Ack, group: this.group, term: this.term, seq: Math.min(seq, this.applied) });
+  }
+
+  /** Forget entries after `seq` as applied (its log lost them): the leader will send them again. */
+  rewind(seq: number, term: number): void {
+    if (seq < this.applied) {
+      this.applied = seq;
+      this.term = term;
+    }
   }
 
   /** Apply one frame from the leader. Returns an error text when the link must be closed. */
   onFrame(f: Frame): string | undefined {
     if (f.group !== this.group) return `frame for group ${f.group}, this follower is in group ${this.group}`;
-    if (f.term > this.term) this.term = f.term;
     if (f.seq > this.leaderHead && f.type !== FrameType.Hello) this.leaderHead = f.seq;
     switch (f.type) {
       case FrameType.Welcome:
         this.welcomed = true;
         if (f.mode === WelcomeMode.Tail) {
-          this.historyId = f.historyId;
+          if (this.historyId !== f.historyId) {
+            this.historyId = f.historyId;
+            this.hooks.onHistory?.(f.historyId, this.applied, this.term, "adopted");
+          }
           this.stats.tailCatchUps++;
         }
         return undefined;
@@ -79,9 +107,11 @@ export class Follower {
         if (!s || f.seq !== s.seq) return "snapshot end outside a snapshot";
         this.store.replaceAll(s.entries);
         this.applied = s.seq;
+        this.term = f.term;
         this.historyId = s.historyId;
         this.staging = null;
         this.stats.fullTransfers++;
+        this.hooks.onHistory?.(s.historyId, s.seq, f.term, "snapshot");
         return undefined;
       }
       case FrameType.Put:
@@ -92,7 +122,9 @@ export class Follower {
         if (f.type === FrameType.Put) this.store.set(f.key, f.value, f.seq);
         else this.store.delete(f.key, f.seq);
         this.applied = f.seq;
+        this.term = f.term;
         this.stats.applied++;
+        this.hooks.onEntry?.(f.seq, f);
         return undefined;
       case FrameType.Ping:
         return undefined;

@@ -8,6 +8,7 @@ import { assert } from "../lib/assert.ts";
 export class History {
   private frames: Uint8Array[] = [];
   private times: number[] = [];
+  private terms: number[] = [];
   private head = 0;
   private bytes = 0;
   /** Sequence of frames[head]; the history holds firstSeq..lastSeq. */
@@ -16,8 +17,9 @@ export class History {
   constructor(
     private readonly entriesMax: number,
     private readonly bytesMax: number,
-    /** Sequence the history starts after (the store's state before it). */
+    /** Sequence the history starts after (the store's state before it), and that entry's term. */
     startAfter = 0,
+    private baseTerm = 0,
   ) {
     this.first = startAfter + 1;
   }
@@ -38,21 +40,31 @@ export class History {
     return this.frames.length - this.head;
   }
 
-  append(seq: number, frame: Uint8Array, timeMs: number): void {
+  append(seq: number, frame: Uint8Array, timeMs: number, term = 0): void {
     assert(seq === this.lastSeq + 1, `history append out of order: ${seq} after ${this.lastSeq}`);
     this.frames.push(frame);
     this.times.push(timeMs);
+    this.terms.push(term);
     this.bytes += frame.length;
     while (this.length > 1 && (this.length > this.entriesMax || this.bytes > this.bytesMax)) {
       this.bytes -= this.frames[this.head]!.length;
+      this.baseTerm = this.terms[this.head]!;
       this.head++;
       this.first++;
     }
     if (this.head > 4096 && this.head * 2 > this.frames.length) {
       this.frames = this.frames.slice(this.head);
       this.times = this.times.slice(this.head);
+      this.terms = this.terms.slice(this.head);
       this.head = 0;
     }
+  }
+
+  /** Term of the entry at `seq`, when the history knows it (it knows the one just before it too). */
+  termAt(seq: number): number | undefined {
+    if (seq === this.first - 1) return this.baseTerm;
+    if (seq < this.first || seq > this.lastSeq) return undefined;
+    return this.terms[this.head + (seq - this.first)];
   }
 
   /** True when the history can supply every frame from `seq` on. */

@@ -4,6 +4,11 @@
  * position (`next`, `acked`); the pump sends while the follower's socket has room, so a slow
  * follower never grows the leader's memory: if it falls behind the history it is resynchronised
  * with a full state transfer. No sockets here: links talk through an `Outbox`.
+ *
+ * With a write-ahead log, a write is proposed (numbered, handed to the log), and applied to the
+ * store, answered and replicated only once the log says it is durable: readers and followers never
+ * see a write that a crash could take back, and a failed fsync rolls the proposals back cleanly.
+ * Without one (in-memory), a write is applied at once.
  */
 import { assert } from "../lib/assert.ts";
 import type { Logger } from "../lib/log.ts";
@@ -26,7 +31,7 @@ export interface FollowerLink {
   lastAckMs: number;
   /** Delay between a write and its ack, for the last acked write still in history. */
   lastDelayMs: number;
-  snapshot: { seq: number; entries: [string, Entry][]; index: number } | null;
+  snapshot: { seq: number; term: number; entries: [string, Entry][]; index: number } | null;
 }
 
 export interface FollowerInfo {
@@ -45,7 +50,16 @@ export interface LeaderStats {
   resyncs: number;
 }
 
+/** Where a leader's proposals go to become durable; it answers with `durable()` or `failed()`. */
+export interface LeaderLog {
+  append(seq: number, frame: Uint8Array): void;
+}
+
 export interface LeaderOptions {
+  /** Write-ahead log; none for an in-memory node. */
+  wal?: LeaderLog;
+  /** State the store already holds (recovered): its last sequence, and that entry's term. */
+  start?: { seq: number; term: number };
   store: Store;
   group: number;
   term: number;
@@ -61,19 +75,57 @@ export interface LeaderOptions {
 
 const SEND_BATCH_BYTES = 256 * 1024;
 
+interface Proposal {
+  seq: number;
+  key: string;
+  /** null for a delete. */
+  value: string | null;
+  frame: Uint8Array;
+}
+
+interface Waiter {
+  seq: number;
+  resolve(): void;
+  reject(e: Error): void;
+}
+
 export class Leader {
-  private seq = 0;
+  /** Last sequence handed out. */
+  private seq: number;
+  /** Last sequence applied (durable): the head followers and readers see. */
+  private applied: number;
   private readonly history: History;
   private readonly links = new Set<FollowerLink>();
   private nextLinkId = 1;
+  /** Proposals waiting for the log, in sequence order, and the newest pending value of each key. */
+  private pending: Proposal[] = [];
+  private overlay = new Map<string, Proposal>();
+  private waiters: Waiter[] = [];
   readonly stats: LeaderStats = { tailCatchUps: 0, fullTransfers: 0, resyncs: 0 };
 
   constructor(private readonly o: LeaderOptions) {
-    this.history = new History(o.historyEntries, limits.historyBytesMax, 0);
+    this.seq = this.applied = o.start?.seq ?? 0;
+    this.history = new History(o.historyEntries, limits.historyBytesMax, this.seq, o.start?.term ?? 0);
+  }
+
+  /** Put an entry recovered from the log back into the catch-up history (at start-up). */
+  restore(seq: number, term: number, frame: Uint8Array): void {
+    if (seq <= this.history.lastSeq) return;
+    this.history.append(seq, frame, this.o.now(), term);
+    this.seq = this.applied = seq;
   }
 
   get head(): number {
-    return this.seq;
+    return this.applied;
+  }
+
+  /** Writes proposed but not yet durable. */
+  get pendingCount(): number {
+    return this.pending.length;
+  }
+
+  get term(): number {
+    return this.o.term;
   }
 
   get historyFirstSeq(): number {
@@ -84,27 +136,77 @@ export class Leader {
     return { group: this.o.group, term: this.o.term, seq };
   }
 
-  private record(frame: Frame): void {
-    this.history.append(frame.seq, encodeFrame(frame), this.o.now());
-    if (this.links.size > 0) this.o.schedule();
-  }
-
-  /** Apply a write locally and queue it for every follower; returns its sequence (version). */
-  set(key: string, value: string): number {
+  private propose(key: string, value: string | null): number {
     const seq = ++this.seq;
-    const applied = this.o.store.set(key, value, seq);
-    assert(applied, `leader write at ${seq} was older than the store's version of "${key}"`);
-    this.record({ type: FrameType.Put, ...this.header(seq), key, value });
+    const h = this.header(seq);
+    const frame = encodeFrame(value === null ? { type: FrameType.Delete, ...h, key } : { type: FrameType.Put, ...h, key, value });
+    const p: Proposal = { seq, key, value, frame };
+    if (!this.o.wal) {
+      this.apply(p);
+      if (this.links.size > 0) this.o.schedule();
+      return seq;
+    }
+    this.pending.push(p);
+    this.overlay.set(key, p);
+    this.o.wal.append(seq, frame);
     return seq;
   }
 
-  /** Delete locally and replicate; a missing key changes nothing and takes no sequence. */
+  private apply(p: Proposal): void {
+    if (p.value === null) this.o.store.delete(p.key, p.seq);
+    else assert(this.o.store.set(p.key, p.value, p.seq), `leader write at ${p.seq} was older than the store's version of "${p.key}"`);
+    this.history.append(p.seq, p.frame, this.o.now(), this.o.term);
+    this.applied = p.seq;
+  }
+
+  /** Propose a write; returns its sequence (version). In memory it is applied at once. */
+  set(key: string, value: string): number {
+    return this.propose(key, value);
+  }
+
+  /** Propose a delete; a missing key changes nothing and takes no sequence. */
   delete(key: string): { existed: boolean; seq: number } {
-    if (this.o.store.get(key) === undefined) return { existed: false, seq: this.seq };
-    const seq = ++this.seq;
-    this.o.store.delete(key, seq);
-    this.record({ type: FrameType.Delete, ...this.header(seq), key });
-    return { existed: true, seq };
+    const p = this.overlay.get(key);
+    const exists = p ? p.value !== null : this.o.store.get(key) !== undefined;
+    if (!exists) return { existed: false, seq: this.applied };
+    return { existed: true, seq: this.propose(key, null) };
+  }
+
+  /** Resolves once `seq` is applied (durable); rejects when the log failed to write it. */
+  whenApplied(seq: number): Promise<void> {
+    if (seq <= this.applied) return Promise.resolve();
+    return new Promise((resolve, reject) => this.waiters.push({ seq, resolve, reject }));
+  }
+
+  /** The log has everything up to `seq` on disk: apply, answer and replicate it. */
+  durable(seq: number): void {
+    let i = 0;
+    for (; i < this.pending.length && this.pending[i]!.seq <= seq; i++) {
+      const p = this.pending[i]!;
+      this.apply(p);
+      if (this.overlay.get(p.key) === p) this.overlay.delete(p.key);
+    }
+    if (i > 0) this.pending = this.pending.slice(i);
+    let w = 0;
+    for (; w < this.waiters.length && this.waiters[w]!.seq <= this.applied; w++) this.waiters[w]!.resolve();
+    if (w > 0) this.waiters = this.waiters.slice(w);
+    if (i > 0 && this.links.size > 0) this.o.schedule();
+  }
+
+  /** The log could not write proposals from `fromSeq` on: forget them and fail their writers. */
+  failed(fromSeq: number, error: Error): void {
+    assert(fromSeq === this.applied + 1, `log failed at ${fromSeq} but ${this.applied} is the last applied`);
+    this.pending = [];
+    this.overlay.clear();
+    this.seq = this.applied;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(error);
+  }
+
+  /** Term of the entry at `seq` (this leader's term when the history no longer knows it). */
+  termAt(seq: number): number {
+    return this.history.termAt(seq) ?? this.o.term;
   }
 
   /** Tombstones older than the history can no longer matter: a follower that old gets a snapshot. */
@@ -139,7 +241,7 @@ export class Leader {
     if (f.type === FrameType.Hello) return this.hello(link, f);
     if (f.type === FrameType.Ack) {
       if (link.mode === "handshake") return "ack before hello";
-      if (f.seq > this.seq) return `ack of ${f.seq} beyond head ${this.seq}`;
+      if (f.seq > this.applied) return `ack of ${f.seq} beyond head ${this.applied}`;
       if (f.seq > link.acked) {
         const t = this.history.timeOf(f.seq);
         if (t !== undefined) link.lastDelayMs = this.o.now() - t;
@@ -158,16 +260,19 @@ export class Leader {
     link.acked = f.seq;
     // The follower's data is a prefix of ours when it comes from our history (or it has nothing),
     // and the history still holds everything after it: then the tail is enough.
+    // The follower's last entry must be ours, of the same term: a leader that lost entries it had
+    // shipped (a power cut with fsync never) would otherwise leave the follower silently diverged.
     const sameHistory = f.historyId === this.o.historyId || f.seq === 0;
-    if (sameHistory && f.seq <= this.seq && this.history.covers(f.seq + 1)) {
+    const sameEntry = f.seq === 0 || this.history.termAt(f.seq) === f.term;
+    if (sameHistory && sameEntry && f.seq <= this.applied && this.history.covers(f.seq + 1)) {
       link.mode = "stream";
       link.next = f.seq + 1;
       this.stats.tailCatchUps++;
-      link.out.send(encodeFrame({ type: FrameType.Welcome, ...this.header(this.seq), historyId: this.o.historyId, mode: WelcomeMode.Tail }));
-      this.o.log.info("follower joined, streaming from its position", { node_id: f.nodeId, from_seq: f.seq + 1, head: this.seq });
+      link.out.send(encodeFrame({ type: FrameType.Welcome, ...this.header(this.applied), historyId: this.o.historyId, mode: WelcomeMode.Tail }));
+      this.o.log.info("follower joined, streaming from its position", { node_id: f.nodeId, from_seq: f.seq + 1, head: this.applied });
     } else {
-      link.out.send(encodeFrame({ type: FrameType.Welcome, ...this.header(this.seq), historyId: this.o.historyId, mode: WelcomeMode.Snapshot }));
-      this.startSnapshot(link, `follower at ${f.seq} of history "${f.historyId}"`);
+      link.out.send(encodeFrame({ type: FrameType.Welcome, ...this.header(this.applied), historyId: this.o.historyId, mode: WelcomeMode.Snapshot }));
+      this.startSnapshot(link, `follower at ${f.seq} (term ${f.term}) of history "${f.historyId}"`);
     }
     this.pump(link);
     return undefined;
@@ -175,11 +280,12 @@ export class Leader {
 
   private startSnapshot(link: FollowerLink, why: string): void {
     const entries = this.o.store.snapshot();
+    const seq = this.applied;
     link.mode = "snapshot";
-    link.snapshot = { seq: this.seq, entries, index: 0 };
+    link.snapshot = { seq, term: this.termAt(seq), entries, index: 0 };
     this.stats.fullTransfers++;
-    link.out.send(encodeFrame({ type: FrameType.SnapshotBegin, ...this.header(this.seq), historyId: this.o.historyId, count: entries.length }));
-    this.o.log.info("full state transfer to follower", { node_id: link.nodeId, keys: entries.length, seq: this.seq, why });
+    link.out.send(encodeFrame({ type: FrameType.SnapshotBegin, group: this.o.group, term: link.snapshot.term, seq, historyId: this.o.historyId, count: entries.length }));
+    this.o.log.info("full state transfer to follower", { node_id: link.nodeId, keys: entries.length, seq, why });
   }
 
   /** Send to one follower while its socket has room. */
@@ -190,7 +296,7 @@ export class Leader {
         this.sendSnapshotChunk(link);
         continue;
       }
-      if (link.mode !== "stream" || link.next > this.seq) return;
+      if (link.mode !== "stream" || link.next > this.applied) return;
       if (!this.history.covers(link.next)) {
         this.stats.resyncs++;
         this.startSnapshot(link, `follower fell behind the history (next ${link.next}, history starts at ${this.history.firstSeq})`);
@@ -211,9 +317,10 @@ export class Leader {
       chunk.push({ key, value: e.value!, version: e.version });
       bytes += 16 + key.length + e.value!.length;
     }
-    if (chunk.length > 0) link.out.send(encodeFrame({ type: FrameType.SnapshotChunk, ...this.header(snap.seq), entries: chunk }));
+    const h = { group: this.o.group, term: snap.term, seq: snap.seq };
+    if (chunk.length > 0) link.out.send(encodeFrame({ type: FrameType.SnapshotChunk, ...h, entries: chunk }));
     if (snap.index >= snap.entries.length) {
-      link.out.send(encodeFrame({ type: FrameType.SnapshotEnd, ...this.header(snap.seq) }));
+      link.out.send(encodeFrame({ type: FrameType.SnapshotEnd, ...h }));
       link.mode = "stream";
       link.next = snap.seq + 1;
       link.snapshot = null;
@@ -226,7 +333,7 @@ export class Leader {
 
   /** Keep-alive and position: each follower answers with an ack. */
   ping(): void {
-    const frame = encodeFrame({ type: FrameType.Ping, ...this.header(this.seq) });
+    const frame = encodeFrame({ type: FrameType.Ping, ...this.header(this.applied) });
     for (const link of this.links) if (link.mode !== "handshake") link.out.send(frame);
   }
 
@@ -239,7 +346,7 @@ export class Leader {
         address: l.address,
         state: l.mode,
         acked_seq: l.acked,
-        lag: this.seq - l.acked,
+        lag: this.applied - l.acked,
         last_ack_ms_ago: Math.round(now - l.lastAckMs),
         replication_delay_ms: Math.round(l.lastDelayMs),
       }));

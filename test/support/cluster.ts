@@ -4,6 +4,8 @@
  * cluster name of its own so parallel runs on one host never mix. Every test disposes its cluster.
  */
 import type { Subprocess } from "bun";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { waitFor } from "./wait.ts";
 
@@ -46,10 +48,14 @@ export interface NodeOptions {
   extra?: string[];
   /** Command prefix, e.g. ["ip", "netns", "exec", "kv1"]. */
   prefix?: string[];
+  /** Data directory (reuse one to restart a node on its data); a fresh one under the cluster's temp dir by default. */
+  dataDir?: string;
+  inMemory?: boolean;
 }
 
 export class NodeProc {
   nodeId = "";
+  dataDir: string | null = null;
   apiPort = 0;
   clusterPort = 0;
   log = "";
@@ -117,6 +123,14 @@ export class NodeProc {
 
 export class TestCluster implements AsyncDisposable {
   readonly nodes: NodeProc[] = [];
+  /** Temp directory holding the nodes' data dirs; removed on dispose. */
+  readonly dir = mkdtempSync(join(tmpdir(), "kvnode-test-"));
+  private dirs = 0;
+
+  /** A fresh data dir path inside the cluster's temp dir. */
+  newDataDir(): string {
+    return join(this.dir, `node-${++this.dirs}`);
+  }
 
   constructor(
     readonly discoveryPort: number,
@@ -139,6 +153,7 @@ export class TestCluster implements AsyncDisposable {
       "-cluster", this.name,
       "-heartbeat-ms", String(this.timing.heartbeatMs),
       "-stale-ms", String(this.timing.staleMs),
+      ...(o.inMemory ? ["-in-memory"] : ["-data-dir", o.dataDir!]),
       ...(o.extra ?? []),
     ];
   }
@@ -146,6 +161,7 @@ export class TestCluster implements AsyncDisposable {
   /** Start a node and wait for its "kvnode ready" line. */
   async start(o: NodeOptions = {}): Promise<NodeProc> {
     const host = o.host ?? "127.0.0.1";
+    if (!o.inMemory && !o.dataDir) o = { ...o, dataDir: this.newDataDir() };
     const proc = Bun.spawn([...(o.prefix ?? []), process.execPath, mainScript, ...this.args(o)], {
       cwd: repoRoot,
       stdin: "ignore",
@@ -153,6 +169,7 @@ export class TestCluster implements AsyncDisposable {
       stderr: "pipe",
     });
     const node = new NodeProc(proc, host);
+    node.dataDir = o.inMemory ? null : o.dataDir!;
     this.nodes.push(node);
     try {
       await waitFor("the node's ready line", () => /kvnode ready/.test(node.log) || !node.alive, 15_000);
@@ -185,5 +202,6 @@ export class TestCluster implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await Promise.all(this.nodes.map((n) => n.kill9()));
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -67,6 +67,7 @@ class MemoryService implements KvService {
       node_count: 1,
       groups: [{ group_id: 0, leader: this.nodeId, members: [this.nodeId], ring_share: 1 }],
       replication: this.replication(),
+      storage: { data_dir: null, durable_seq: this.seq, data_dir_bytes: 0, fsync: "in-memory", log_flushes: 0, log_records: 0, log_failures: 0, snapshots: 0, last_snapshot_seq: 0, torn_bytes_cut: 0 },
       discovery: { received: 0, accepted: 0, dropped: {}, sent: 0, send_errors: 0 },
     };
   }
@@ -74,6 +75,8 @@ class MemoryService implements KvService {
   health(): Static<typeof HealthReply> {
     return {
       status: "healthy",
+      durable_seq: this.seq,
+      data_dir_bytes: 0,
       role: "leader",
       group: this.group,
       keys: this.entries.size,

@@ -1,0 +1,146 @@
+/**
+ * The write-ahead log writer, with group commit. Records queue in memory; one flush writes all of
+ * them with one write and (unless fsync is "never") one fdatasync, then reports the highest
+ * sequence now durable. While a flush is in flight new records gather for the next one, so many
+ * concurrent clients share one fsync.
+ *
+ *   always  flush as soon as the event loop turn ends; a write is answered after its fsync
+ *   batch   wait up to `fsyncMs` to gather more records, then flush; answered after the fsync
+ *   never   write to the OS without fsync; answered once the OS has the bytes
+ *
+ * A failed write or fsync fails every queued record, cuts the segment back to its last durable
+ * size, and the next append tries again: the node stays up and writes resume once the disk does.
+ */
+import type { FileHandle } from "node:fs/promises";
+import { open } from "node:fs/promises";
+
+export type FsyncMode = "always" | "batch" | "never";
+export const fsyncModes: readonly FsyncMode[] = ["always", "batch", "never"];
+
+export interface LogWriterOptions {
+  mode: FsyncMode;
+  fsyncMs: number;
+  /** Everything up to this sequence is on disk already. */
+  durableSeq: number;
+  onDurable(seq: number): void;
+  /** Records from `fromSeq` on were not written; `error` says why. */
+  onFailed(fromSeq: number, error: NodeJS.ErrnoException): void;
+}
+
+export interface LogStats {
+  flushes: number;
+  records: number;
+  bytes: number;
+  failures: number;
+}
+
+export class LogWriter {
+  private queue: Uint8Array[] = [];
+  private queueFirstSeq = 0;
+  private queueLastSeq = 0;
+  private queuedBytes = 0;
+  private flushing = false;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private nextPath: string | null = null;
+  private closed = false;
+  durableSeq: number;
+  readonly stats: LogStats = { flushes: 0, records: 0, bytes: 0, failures: 0 };
+
+  private constructor(
+    private fh: FileHandle,
+    /** Durable bytes of the current segment. */
+    public segmentBytes: number,
+    private readonly o: LogWriterOptions,
+  ) {
+    this.durableSeq = o.durableSeq;
+  }
+
+  static async open(path: string, segmentBytes: number, o: LogWriterOptions): Promise<LogWriter> {
+    const fh = await open(path, "a");
+    return new LogWriter(fh, segmentBytes, o);
+  }
+
+  /** Queue one record (already encoded) for `seq`; sequences must come in order. */
+  append(seq: number, record: Uint8Array): void {
+    if (this.queue.length === 0) this.queueFirstSeq = seq;
+    this.queue.push(record);
+    this.queueLastSeq = seq;
+    this.queuedBytes += record.length;
+    this.kick();
+  }
+
+  /** Start the next flush with a new segment file (the caller named it by its first sequence). */
+  rollTo(path: string): void {
+    this.nextPath = path;
+  }
+
+  private kick(): void {
+    if (this.flushing || this.timer || this.queue.length === 0 || this.closed) return;
+    const wait = this.o.mode === "batch" ? this.o.fsyncMs : 0;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.flush();
+    }, wait);
+  }
+
+  private async flush(): Promise<void> {
+    if (this.flushing || this.queue.length === 0) return;
+    this.flushing = true;
+    const batch = this.queue;
+    const first = this.queueFirstSeq;
+    const last = this.queueLastSeq;
+    const bytes = this.queuedBytes;
+    this.queue = [];
+    this.queuedBytes = 0;
+    try {
+      if (this.nextPath) {
+        const next = await open(this.nextPath, "a");
+        await this.fh.close();
+        this.fh = next;
+        this.segmentBytes = 0;
+        this.nextPath = null;
+      }
+      const buf = batch.length === 1 ? batch[0]! : Buffer.concat(batch, bytes);
+      let off = 0;
+      while (off < buf.length) off += (await this.fh.write(buf, off, buf.length - off)).bytesWritten;
+      if (this.o.mode !== "never") await this.fh.datasync();
+      this.segmentBytes += bytes;
+      this.durableSeq = last;
+      this.stats.flushes++;
+      this.stats.records += batch.length;
+      this.stats.bytes += bytes;
+      this.o.onDurable(last);
+    } catch (e) {
+      this.stats.failures++;
+      // Whatever part of the batch reached the file must go: the sequences will be reused.
+      try {
+        await this.fh.truncate(this.segmentBytes);
+        await this.fh.datasync();
+      } catch {}
+      // Records queued meanwhile come after the failed ones: they fail too.
+      const failedFrom = first;
+      this.queue = [];
+      this.queuedBytes = 0;
+      this.o.onFailed(failedFrom, e as NodeJS.ErrnoException);
+    } finally {
+      this.flushing = false;
+    }
+    this.kick();
+  }
+
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  /** Flush what is queued and close the file. */
+  async close(): Promise<void> {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    while (this.flushing) await new Promise((r) => setTimeout(r, 1));
+    if (this.queue.length > 0) await this.flush();
+    this.closed = true;
+    await this.fh.close();
+  }
+}
