@@ -27,7 +27,9 @@ export function broadcastFor(host: string, interfaces = networkInterfaces()): { 
       if (i.family === "IPv4" && i.address === host) {
         const mask = toInt(i.netmask);
         if (mask === 0xffffffff) return { ok: false, error: `interface of ${host} has a /32 netmask: pass -broadcast` };
-        return { ok: true, address: toIp((toInt(host) | ~mask) >>> 0) };
+        const b = (toInt(host) | ~mask) >>> 0;
+        if (b === 0xffffffff) return { ok: false, error: `the broadcast of ${host}/${i.netmask} would be 255.255.255.255: pass -broadcast` };
+        return { ok: true, address: toIp(b) };
       }
   return { ok: false, error: `no interface has address ${host}: pass -broadcast, or a -host this machine has` };
 }

@@ -13,6 +13,7 @@
 import { assert } from "../lib/assert.ts";
 import type { Logger } from "../lib/log.ts";
 import { limits } from "../lib/limits.ts";
+import { utf8Length } from "../lib/utf8.ts";
 import { type Frame, FrameType, WelcomeMode, encodeFrame, type SnapshotEntry } from "../protocol/frame.ts";
 import type { Entry, Store } from "../store/store.ts";
 import { History } from "./history.ts";
@@ -257,7 +258,7 @@ export class Leader {
     if (link.mode !== "handshake") return "second hello on one link";
     if (f.cluster !== this.o.cluster) return `follower is in cluster "${f.cluster}", not "${this.o.cluster}"`;
     link.nodeId = f.nodeId;
-    link.acked = f.seq;
+    link.acked = 0;
     // The follower's data is a prefix of ours when it comes from our history (or it has nothing),
     // and the history still holds everything after it: then the tail is enough.
     // The follower's last entry must be ours, of the same term: a leader that lost entries it had
@@ -267,6 +268,7 @@ export class Leader {
     if (sameHistory && sameEntry && f.seq <= this.applied && this.history.covers(f.seq + 1)) {
       link.mode = "stream";
       link.next = f.seq + 1;
+      link.acked = f.seq; // what it holds is ours: a real position
       this.stats.tailCatchUps++;
       link.out.send(encodeFrame({ type: FrameType.Welcome, ...this.header(this.applied), historyId: this.o.historyId, mode: WelcomeMode.Tail }));
       this.o.log.info("follower joined, streaming from its position", { node_id: f.nodeId, from_seq: f.seq + 1, head: this.applied });
@@ -315,7 +317,7 @@ export class Leader {
     while (snap.index < snap.entries.length && bytes < limits.snapshotChunkBytes) {
       const [key, e] = snap.entries[snap.index++]!;
       chunk.push({ key, value: e.value!, version: e.version });
-      bytes += 16 + key.length + e.value!.length;
+      bytes += 16 + utf8Length(key) + utf8Length(e.value!);
     }
     const h = { group: this.o.group, term: snap.term, seq: snap.seq };
     if (chunk.length > 0) link.out.send(encodeFrame({ type: FrameType.SnapshotChunk, ...h, entries: chunk }));

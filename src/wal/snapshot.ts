@@ -8,6 +8,7 @@ import { closeSync, openSync, readSync, fstatSync } from "node:fs";
 import { open, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { limits } from "../lib/limits.ts";
+import { utf8Length } from "../lib/utf8.ts";
 import { type Frame, FrameType, type SnapshotEntry, encodeFrame } from "../protocol/frame.ts";
 import type { Entry } from "../store/store.ts";
 import { fsyncDir, snapName } from "./files.ts";
@@ -28,7 +29,7 @@ export function* snapshotRecords(meta: SnapshotMeta, entries: readonly (readonly
   let bytes = 0;
   for (const [key, e] of entries) {
     chunk.push({ key, value: e.value!, version: e.version });
-    bytes += 16 + key.length + e.value!.length;
+    bytes += 16 + utf8Length(key) + utf8Length(e.value!);
     if (bytes >= limits.snapshotChunkBytes) {
       yield encodeRecord(encodeFrame({ type: FrameType.SnapshotChunk, ...h, entries: chunk }));
       chunk = [];

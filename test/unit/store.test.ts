@@ -1,0 +1,339 @@
+import { describe, expect, test } from "bun:test";
+import fc from "fast-check";
+import { AssertionError } from "../../src/lib/assert.ts";
+import { Store } from "../../src/store/store.ts";
+
+type Op = { kind: "set"; key: string; value: string } | { kind: "del"; key: string };
+type Versioned = Op & { version: number };
+
+const keyArb = fc.constantFrom("a", "b", "c", "d", "", "\0", "😀", "a|b");
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  fc.record({ kind: fc.constant("set" as const), key: keyArb, value: fc.string({ unit: "binary", maxLength: 8 }) }),
+  fc.record({ kind: fc.constant("del" as const), key: keyArb }),
+);
+
+/** Give ops the increasing versions a leader would (gaps allowed: a group's other keys). */
+const versionedOps = fc.array(fc.tuple(opArb, fc.integer({ min: 1, max: 3 })), { maxLength: 60 }).map((list) => {
+  let v = 0;
+  return list.map(([op, step]) => ({ ...op, version: (v += step) }) as Versioned);
+});
+
+function apply(s: Store, op: Versioned): boolean {
+  return op.kind === "set" ? s.set(op.key, op.value, op.version) : s.delete(op.key, op.version);
+}
+
+/** Everything observable about a store, in a comparable shape. */
+function state(s: Store, keys: Iterable<string>) {
+  const versions: Record<string, [string | null | undefined, number]> = {};
+  for (const k of keys) versions[JSON.stringify(k)] = [s.get(k)?.value, s.versionOf(k)];
+  const snap = s
+    .snapshot()
+    .map(([k, e]) => [k, e.value, e.version] as const)
+    .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  return { size: s.size, tombstones: s.tombstoneCount, snap, versions, keys: [...s.keys()].sort() };
+}
+
+const ALL_KEYS = ["a", "b", "c", "d", "", "\0", "😀", "a|b", "never"];
+
+describe("Store", () => {
+  test("a set key reads back with its value and version", () => {
+    const s = new Store();
+    expect(s.set("k", "v", 1)).toBe(true);
+    expect(s.get("k")).toEqual({ value: "v", version: 1 });
+    expect(s.versionOf("k")).toBe(1);
+    expect(s.size).toBe(1);
+  });
+
+  test("a key never written is missing with version 0", () => {
+    const s = new Store();
+    expect(s.get("nope")).toBeUndefined();
+    expect(s.versionOf("nope")).toBe(0);
+  });
+
+  test("a newer write replaces the value and an older or equal one is ignored", () => {
+    const s = new Store();
+    s.set("k", "v1", 5);
+    expect(s.set("k", "old", 4)).toBe(false);
+    expect(s.set("k", "same", 5)).toBe(false);
+    expect(s.get("k")).toEqual({ value: "v1", version: 5 });
+    expect(s.set("k", "v2", 6)).toBe(true);
+    expect(s.get("k")).toEqual({ value: "v2", version: 6 });
+    expect(s.size).toBe(1);
+  });
+
+  test("the empty string is a value, not a deletion", () => {
+    const s = new Store();
+    s.set("k", "", 1);
+    expect(s.get("k")).toEqual({ value: "", version: 1 });
+    expect(s.size).toBe(1);
+  });
+
+  test("delete removes a live key, leaves a tombstone and reports whether it existed", () => {
+    const s = new Store();
+    s.set("k", "v", 1);
+    expect(s.delete("k", 2)).toBe(true);
+    expect(s.get("k")).toBeUndefined();
+    expect(s.versionOf("k")).toBe(2);
+    expect(s.size).toBe(0);
+    expect(s.tombstoneCount).toBe(1);
+    expect(s.delete("k", 3)).toBe(false); // already gone
+    expect(s.delete("missing", 4)).toBe(false);
+  });
+
+  test("a write older than a delete does not bring the key back", () => {
+    const s = new Store();
+    s.set("k", "v", 1);
+    s.delete("k", 3);
+    expect(s.set("k", "v", 1)).toBe(false);
+    expect(s.set("k", "v", 2)).toBe(false);
+    expect(s.set("k", "v", 3)).toBe(false);
+    expect(s.get("k")).toBeUndefined();
+    expect(s.set("k", "back", 4)).toBe(true);
+    expect(s.get("k")).toEqual({ value: "back", version: 4 });
+    expect(s.size).toBe(1);
+  });
+
+  test("a delete older than the current write is ignored", () => {
+    const s = new Store();
+    s.set("k", "v", 5);
+    expect(s.delete("k", 4)).toBe(false);
+    expect(s.get("k")).toEqual({ value: "v", version: 5 });
+    expect(s.tombstoneCount).toBe(0);
+  });
+
+  test("size counts live keys only", () => {
+    const s = new Store();
+    s.set("a", "1", 1);
+    s.set("b", "2", 2);
+    s.set("a", "3", 3); // overwrite does not count twice
+    s.delete("b", 4);
+    s.delete("zzz", 5); // tombstone for a key never seen
+    expect(s.size).toBe(1);
+    expect(s.tombstoneCount).toBe(2);
+    expect([...s.keys()]).toEqual(["a"]);
+    s.set("b", "again", 6);
+    expect(s.size).toBe(2);
+    expect(s.tombstoneCount).toBe(1);
+  });
+
+  test("applying ops matches a plain map model (property)", () => {
+    fc.assert(
+      fc.property(versionedOps, (ops) => {
+        const s = new Store();
+        const model = new Map<string, { value: string | null; version: number }>();
+        for (const op of ops) {
+          apply(s, op);
+          model.set(op.key, { value: op.kind === "set" ? op.value : null, version: op.version });
+        }
+        const live = [...model].filter(([, e]) => e.value !== null);
+        expect(s.size).toBe(live.length);
+        expect(s.tombstoneCount).toBe(model.size - live.length);
+        for (const k of ALL_KEYS) {
+          const m = model.get(k);
+          expect(s.versionOf(k)).toBe(m?.version ?? 0);
+          expect(s.get(k)).toEqual(m && m.value !== null ? { value: m.value, version: m.version } : undefined);
+        }
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  test("replaying any subset of older ops, in any order, changes nothing (property)", () => {
+    fc.assert(
+      fc.property(
+        versionedOps,
+        fc.infiniteStream(fc.nat()),
+        (ops, rnd) => {
+          const once = new Store();
+          for (const op of ops) apply(once, op);
+          const replayed = new Store();
+          for (const op of ops) apply(replayed, op);
+          const subset = ops.filter(() => rnd.next().value % 2 === 0);
+          for (let i = subset.length - 1; i > 0; i--) {
+            const j = rnd.next().value % (i + 1);
+            [subset[i], subset[j]] = [subset[j]!, subset[i]!];
+          }
+          for (const op of subset) expect(apply(replayed, op)).toBe(false);
+          expect(state(replayed, ALL_KEYS)).toEqual(state(once, ALL_KEYS));
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+
+  test("ops applied in any order converge to the in-order state, tombstones included (property)", () => {
+    fc.assert(
+      fc.property(versionedOps, fc.infiniteStream(fc.nat()), (ops, rnd) => {
+        const inOrder = new Store();
+        for (const op of ops) apply(inOrder, op);
+        const shuffled = [...ops];
+        for (let i = shuffled.length - 1; i > 0; i--) {
+          const j = rnd.next().value % (i + 1);
+          [shuffled[i], shuffled[j]] = [shuffled[j]!, shuffled[i]!];
+        }
+        const any = new Store();
+        for (const op of shuffled) apply(any, op);
+        expect(state(any, ALL_KEYS)).toEqual(state(inOrder, ALL_KEYS));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  describe("purgeTombstones", () => {
+    test("drops tombstones at or below the version, keeps newer ones", () => {
+      const s = new Store();
+      s.set("a", "1", 1);
+      s.set("b", "2", 2);
+      s.set("c", "3", 3);
+      s.delete("a", 4);
+      s.delete("b", 5);
+      s.delete("c", 6);
+      expect(s.purgeTombstones(3)).toBe(0);
+      expect(s.tombstoneCount).toBe(3);
+      expect(s.purgeTombstones(5)).toBe(2);
+      expect(s.versionOf("a")).toBe(0);
+      expect(s.versionOf("b")).toBe(0);
+      expect(s.versionOf("c")).toBe(6);
+      expect(s.tombstoneCount).toBe(1);
+      expect(s.purgeTombstones(5)).toBe(0);
+      expect(s.purgeTombstones(6)).toBe(1);
+      expect(s.tombstoneCount).toBe(0);
+      expect(s.size).toBe(0);
+    });
+
+    test("never removes a key written again after its delete", () => {
+      const s = new Store();
+      s.set("k", "v", 1);
+      s.delete("k", 2);
+      s.set("k", "again", 3);
+      expect(s.purgeTombstones(100)).toBe(0);
+      expect(s.get("k")).toEqual({ value: "again", version: 3 });
+      expect(s.size).toBe(1);
+    });
+
+    test("a key deleted twice is purged once, at its latest tombstone", () => {
+      const s = new Store();
+      s.set("k", "v", 1);
+      s.delete("k", 2);
+      s.delete("k", 4);
+      expect(s.purgeTombstones(3)).toBe(0);
+      expect(s.versionOf("k")).toBe(4);
+      expect(s.purgeTombstones(4)).toBe(1);
+      expect(s.versionOf("k")).toBe(0);
+    });
+
+    test("after a purge at v, exactly the tombstones above v remain and live keys are untouched (property)", () => {
+      fc.assert(
+        fc.property(versionedOps, fc.nat(200), (ops, cut) => {
+          const s = new Store();
+          for (const op of ops) apply(s, op);
+          const before = ALL_KEYS.map((k) => [k, s.get(k), s.versionOf(k)] as const);
+          s.purgeTombstones(cut);
+          for (const [k, live, version] of before) {
+            expect(s.get(k)).toEqual(live);
+            if (live !== undefined) expect(s.versionOf(k)).toBe(version);
+            else expect(s.versionOf(k)).toBe(version <= cut ? 0 : version);
+          }
+        }),
+        { numRuns: 500 },
+      );
+    });
+
+    test("keeps working across many purges (the internal list is compacted)", () => {
+      const s = new Store();
+      let v = 0;
+      for (let round = 0; round < 5; round++) {
+        for (let i = 0; i < 1500; i++) s.set(`k${i}`, "v", ++v);
+        for (let i = 0; i < 1500; i++) s.delete(`k${i}`, ++v);
+        expect(s.tombstoneCount).toBe(1500);
+        const half = v - 750;
+        expect(s.purgeTombstones(half)).toBe(750);
+        expect(s.purgeTombstones(v)).toBe(750);
+        expect(s.tombstoneCount).toBe(0);
+      }
+      expect(s.size).toBe(0);
+    });
+  });
+
+  test("a snapshot is unaffected by later writes and deletes", () => {
+    const s = new Store();
+    s.set("a", "1", 1);
+    s.set("b", "2", 2);
+    s.set("gone", "x", 3);
+    s.delete("gone", 4);
+    const snap = s.snapshot();
+    const copy = JSON.parse(JSON.stringify(snap));
+    s.set("a", "changed", 5);
+    s.delete("b", 6);
+    s.set("c", "new", 7);
+    s.replaceAll([["z", "z", 8]]);
+    expect(JSON.parse(JSON.stringify(snap))).toEqual(copy);
+    expect(copy).toEqual([
+      ["a", { value: "1", version: 1 }],
+      ["b", { value: "2", version: 2 }],
+    ]);
+  });
+
+  test("a snapshot holds live entries only", () => {
+    const s = new Store();
+    s.set("a", "1", 1);
+    s.delete("a", 2);
+    s.delete("b", 3);
+    expect(s.snapshot()).toEqual([]);
+  });
+
+  test("replaceAll swaps in exactly the given content and forgets old tombstones", () => {
+    const s = new Store();
+    s.set("old", "x", 1);
+    s.set("dead", "y", 2);
+    s.delete("dead", 3);
+    s.replaceAll([
+      ["a", "1", 10],
+      ["b", "", 11],
+    ]);
+    expect(s.size).toBe(2);
+    expect(s.tombstoneCount).toBe(0);
+    expect(s.get("old")).toBeUndefined();
+    expect(s.versionOf("dead")).toBe(0);
+    expect(s.get("a")).toEqual({ value: "1", version: 10 });
+    expect(s.get("b")).toEqual({ value: "", version: 11 });
+    // Versioning continues from the transferred versions.
+    expect(s.set("a", "older", 9)).toBe(false);
+    expect(s.set("a", "newer", 12)).toBe(true);
+    expect(s.purgeTombstones(1000)).toBe(0);
+  });
+
+  test("replaceAll with nothing empties the store", () => {
+    const s = new Store();
+    s.set("a", "1", 1);
+    s.replaceAll([]);
+    expect(s.size).toBe(0);
+    expect(s.snapshot()).toEqual([]);
+  });
+
+  test("replaceAll refuses a key listed twice", () => {
+    const s = new Store();
+    expect(() =>
+      s.replaceAll([
+        ["a", "1", 1],
+        ["a", "2", 2],
+      ]),
+    ).toThrow(AssertionError);
+  });
+
+  test("a snapshot fed to replaceAll reproduces the live state (property)", () => {
+    fc.assert(
+      fc.property(versionedOps, (ops) => {
+        const s = new Store();
+        for (const op of ops) apply(s, op);
+        const t = new Store();
+        t.replaceAll(s.snapshot().map(([k, e]) => [k, e.value!, e.version] as const));
+        const a = state(s, ALL_KEYS);
+        const b = state(t, ALL_KEYS);
+        expect(b.snap).toEqual(a.snap);
+        expect(b.size).toBe(a.size);
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
