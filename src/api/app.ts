@@ -5,7 +5,7 @@
  */
 import { openapi } from "@elysiajs/openapi";
 import { Elysia } from "elysia";
-import { BadRequestError, KvError, TooLargeError, UnavailableError } from "../lib/errors.ts";
+import { BadRequestError, KvError, StorageFullError, TooLargeError, UnavailableError } from "../lib/errors.ts";
 import { isWellFormed, utf8Length } from "../lib/utf8.ts";
 import { docsAssets } from "./docs.ts";
 import { ClusterReply, DeleteReply, ErrorBody, GetReply, HealthReply, KeyQuery, KeysReply, SetBody, SetReply } from "./schemas.ts";
@@ -33,6 +33,7 @@ function statusOf(e: KvError): number {
   if (e instanceof BadRequestError) return 400;
   if (e instanceof TooLargeError) return 413;
   if (e instanceof UnavailableError) return 503;
+  if (e instanceof StorageFullError) return 507;
   return 500;
 }
 
@@ -79,7 +80,7 @@ function describeValidation(error: unknown): string {
 
 export function createApi(s: KvService) {
   const bodyLimit = bodyBytesMax(s);
-  const errors = { 400: ErrorBody, 404: ErrorBody, 413: ErrorBody, 503: ErrorBody } as const;
+  const errors = { 400: ErrorBody, 404: ErrorBody, 413: ErrorBody, 503: ErrorBody, 507: ErrorBody } as const;
   return new Elysia({ name: "kvnode-api" })
     .use(docsAssets())
     .use(

@@ -221,7 +221,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
             backoffMs = limits.reconnectBackoffMinMs;
             log.info("in sync with leader", { leader: target.nodeId, address, seq: follower.applied });
           }
-          if (follower.applied !== before) {
+          if (follower.applied !== before || frames.some((f) => f.type === FrameType.SnapshotEnd)) {
             // A persistent follower acknowledges what is on its disk, when the log says so.
             if (!durability) out.send(follower.ack());
             wakeWaiters();

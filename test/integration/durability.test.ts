@@ -1,0 +1,241 @@
+/**
+ * Durability, with real processes and real files: nothing a node acknowledged is lost to a crash,
+ * a torn log tail is cut, damage elsewhere stops the node with a clear error, and restarted nodes
+ * rejoin from their own data.
+ */
+import { describe, expect, test } from "bun:test";
+import { appendFileSync, readdirSync, statSync, writeFileSync, readFileSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { $ } from "bun";
+import { type NodeProc, TestCluster } from "../support/cluster.ts";
+import { waitFor } from "../support/wait.ts";
+
+/** Write distinct keys with `concurrency` clients until `stop()` says so; returns what was acknowledged. */
+async function writeUntil(node: NodeProc, prefix: string, concurrency: number, stop: (acked: number) => boolean) {
+  const acked = new Map<string, string>();
+  const sent = new Set<string>();
+  let next = 0;
+  let halted = false;
+  const client = async () => {
+    while (!halted) {
+      const key = `${prefix}${next++}`;
+      const value = `value of ${key} `.repeat(4);
+      sent.add(key);
+      try {
+        const r = await node.set(key, value);
+        if (r.status === 200) acked.set(key, value);
+      } catch {
+        halted = true; // the node is gone
+      }
+      if (stop(acked.size)) halted = true;
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, client));
+  return { acked, sent };
+}
+
+function walFiles(dir: string) {
+  return readdirSync(dir).filter((f) => f.startsWith("wal-")).sort();
+}
+
+describe("kill -9 of a leader during a stream of writes", () => {
+  for (const mode of ["always", "batch"]) {
+    test(`-fsync ${mode}: after restart every acknowledged write is there with its value, nothing else appears`, async () => {
+      await using c = await TestCluster.create();
+      const dir = c.newDataDir();
+      const leader = await c.start({ leader: true, dataDir: dir, extra: ["-fsync", mode] });
+      let killed = false;
+      const { acked, sent } = await writeUntil(leader, "k", 32, (n) => {
+        if (n >= 600 && !killed) {
+          killed = true;
+          leader.proc.kill("SIGKILL"); // mid-stream: requests are in flight
+        }
+        return killed;
+      });
+      await leader.exited;
+      expect(acked.size).toBeGreaterThanOrEqual(600);
+
+      const again = await c.start({ leader: true, dataDir: dir, extra: ["-fsync", mode] });
+      expect(again.nodeId).toBe(leader.nodeId);
+      const keys: string[] = (await again.request("/keys")).body.keys;
+      expect(new Set(keys).size).toBe(keys.length);
+      for (const k of keys) expect(sent.has(k)).toBe(true);
+      const have = new Set(keys);
+      const missing = [...acked.keys()].filter((k) => !have.has(k));
+      expect(missing).toEqual([]);
+      for (const [k, v] of [...acked].slice(0, 50)) expect((await again.get(k)).body.value).toBe(v);
+    });
+  }
+});
+
+describe("the log on disk", () => {
+  test("a torn tail is cut at start-up with a log line saying how many bytes; the data before it is there", async () => {
+    await using c = await TestCluster.create();
+    const dir = c.newDataDir();
+    const n = await c.start({ leader: true, dataDir: dir });
+    for (let i = 0; i < 20; i++) expect((await n.set(`t${i}`, `v${i}`)).status).toBe(200);
+    expect(await n.stop()).toBe(0);
+    const wal = walFiles(dir).at(-1)!;
+    // Half a record: a length that promises more than the file has.
+    appendFileSync(join(dir, wal), Buffer.from([0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 200, 1, 6, 0]));
+    const size = statSync(join(dir, wal)).size;
+
+    const again = await c.start({ leader: true, dataDir: dir });
+    expect(again.log).toMatch(/cut a torn tail off the log .*bytes=11/);
+    expect(statSync(join(dir, wal)).size).toBe(size - 11);
+    expect((await again.request("/keys")).body.count).toBe(20);
+    expect((await again.cluster()).storage.torn_bytes_cut).toBe(11);
+    expect((await again.set("after", "torn")).status).toBe(200);
+  });
+
+  test("damage in the middle of the log stops the node with an error naming the file and offset", async () => {
+    await using c = await TestCluster.create();
+    const dir = c.newDataDir();
+    const n = await c.start({ leader: true, dataDir: dir });
+    for (let i = 0; i < 20; i++) expect((await n.set(`c${i}`, `v${i}`)).status).toBe(200);
+    expect(await n.stop()).toBe(0);
+    const path = join(dir, walFiles(dir).at(-1)!);
+    const bytes = readFileSync(path);
+    bytes[40]! ^= 0xff; // inside the first record
+    writeFileSync(path, bytes);
+
+    const proc = Bun.spawn([process.execPath, "src/cli/main.ts", ...c.args({ leader: true, dataDir: dir })], { cwd: join(import.meta.dir, "..", ".."), stderr: "pipe", stdout: "ignore" });
+    const code = await proc.exited;
+    const err = await new Response(proc.stderr).text();
+    expect(code).toBe(1);
+    expect(err).toContain(path);
+    expect(err).toMatch(/corrupt at offset 0/);
+  });
+
+  test("the log is compacted into snapshots while serving; a restart recovers snapshot + log", async () => {
+    await using c = await TestCluster.create();
+    const dir = c.newDataDir();
+    const n = await c.start({ leader: true, dataDir: dir, extra: ["-snapshot-bytes", "65536"] });
+    const value = "x".repeat(200);
+    for (let i = 0; i < 3000; i += 100) {
+      const rs = await Promise.all(Array.from({ length: 100 }, (_, j) => n.set(`s${(i + j) % 500}`, `${value}${i + j}`)));
+      for (const r of rs) expect(r.status).toBe(200);
+    }
+    await n.del("s0");
+    const st = await waitFor("a snapshot", async () => {
+      const s = (await n.cluster()).storage;
+      return s.snapshots >= 1 ? s : false;
+    });
+    // 3000 writes of ~200 bytes are ~700 KB of log; compaction keeps the directory far below that.
+    expect(st.data_dir_bytes).toBeLessThan(400_000);
+    expect(readdirSync(dir).some((f) => f.startsWith("snap-"))).toBe(true);
+    const before = (await n.request("/keys")).body;
+    const sample = (await n.get("s499")).body;
+    await n.kill9();
+
+    const again = await c.start({ leader: true, dataDir: dir, extra: ["-snapshot-bytes", "65536"] });
+    expect((await again.request("/keys")).body).toEqual(before);
+    expect((await again.get("s499")).body).toEqual(sample);
+    expect(before.count).toBe(499);
+  });
+});
+
+describe("restarts in a group", () => {
+  test("a follower restarted after its leader took 10,000 more writes catches up through the log tail, not a full transfer", async () => {
+    await using c = await TestCluster.create({ heartbeatMs: 200, staleMs: 60_000 });
+    const leader = await c.start({ leader: true });
+    const fdir = c.newDataDir();
+    const f = await c.start({ dataDir: fdir });
+    for (let i = 0; i < 200; i++) await leader.set(`a${i}`, "1");
+    await c.awaitInSync(leader, f);
+    expect(await f.stop()).toBe(0);
+
+    for (let i = 0; i < 10_000; i += 200) {
+      const rs = await Promise.all(Array.from({ length: 200 }, (_, j) => leader.set(`b${i + j}`, `v${i + j}`)));
+      for (const r of rs) expect(r.status).toBe(200);
+    }
+    const lc0 = (await leader.cluster()).replication;
+
+    const again = await c.start({ dataDir: fdir });
+    expect(again.nodeId).toBe(f.nodeId);
+    await c.awaitInSync(leader, again, 30_000);
+    const lc = (await leader.cluster()).replication;
+    expect(lc.full_transfers).toBe(lc0.full_transfers);
+    expect(lc.tail_catch_ups).toBe(lc0.tail_catch_ups + 1);
+    expect(leader.log).toMatch(new RegExp(`follower joined, streaming from its position node_id=${f.nodeId} from_seq=201`));
+    const [lk, fk] = await Promise.all([leader.request("/keys"), again.request("/keys")]);
+    expect(fk.body).toEqual(lk.body);
+    expect(lk.body.count).toBe(10_200);
+  });
+
+  test("stopping every node of a 3-node group and starting them again loses nothing", async () => {
+    await using c = await TestCluster.create();
+    const dirs = [c.newDataDir(), c.newDataDir(), c.newDataDir()];
+    let leader = await c.start({ leader: true, dataDir: dirs[0] });
+    let fs = [await c.start({ dataDir: dirs[1] }), await c.start({ dataDir: dirs[2] })];
+    for (let i = 0; i < 300; i++) await leader.set(`w${i}`, `v${i}`);
+    for (let i = 0; i < 300; i += 3) await fs[i % 2]!.del(`w${i}`);
+    for (const f of fs) await c.awaitInSync(leader, f);
+    const want = (await leader.request("/keys")).body;
+    expect(want.count).toBe(200);
+    for (const n of [leader, ...fs]) expect(await n.stop()).toBe(0);
+
+    leader = await c.start({ leader: true, dataDir: dirs[0] });
+    fs = [await c.start({ dataDir: dirs[1] }), await c.start({ dataDir: dirs[2] })];
+    for (const n of [leader, ...fs]) expect((await n.request("/keys")).body).toEqual(want);
+    for (const f of fs) await c.awaitInSync(leader, f);
+    expect((await leader.cluster()).replication.full_transfers).toBe(0);
+    expect((await fs[0]!.set("new", "write")).status).toBe(200);
+  });
+});
+
+const root = process.getuid?.() === 0;
+let canMount = false;
+if (root) {
+  const probe = `/tmp/kvnode-mount-probe-${process.pid}`;
+  mkdirSync(probe, { recursive: true });
+  canMount = (await $`mount -t tmpfs -o size=64k tmpfs ${probe}`.quiet().nothrow()).exitCode === 0;
+  if (canMount) await $`umount ${probe}`.quiet().nothrow();
+  await $`rmdir ${probe}`.quiet().nothrow();
+}
+const skipDiskFull = !canMount;
+if (skipDiskFull) console.log(`skipping the full-disk test: ${root ? "mounting a tmpfs is not permitted here" : "it needs root to mount a small tmpfs"}`);
+
+describe.skipIf(skipDiskFull)("a full disk", () => {
+  test("writes fail with 507 and the node stays readable; once space returns writes work, and a restart has every acknowledged write", async () => {
+    await using c = await TestCluster.create();
+    const mnt = join(c.dir, "small-disk");
+    mkdirSync(mnt);
+    await $`mount -t tmpfs -o size=512k tmpfs ${mnt}`.quiet();
+    try {
+      const dir = join(mnt, "data");
+      const n = await c.start({ leader: true, dataDir: dir, extra: ["-snapshot-bytes", String(1 << 30)] });
+      const value = "d".repeat(2000);
+      const acked = new Map<string, string>();
+      let full: { status: number; body: any } | null = null;
+      for (let i = 0; i < 1000 && !full; i++) {
+        const r = await n.set(`d${i}`, `${value}${i}`);
+        if (r.status === 200) acked.set(`d${i}`, `${value}${i}`);
+        else full = r;
+      }
+      expect(full).not.toBeNull();
+      expect(full!.status).toBe(507);
+      expect(full!.body.error).toMatch(/disk is full/);
+      // Still up and readable, and still refusing cleanly.
+      expect((await n.health()).status).toBe("healthy");
+      expect((await n.get("d0")).body.value).toBe(acked.get("d0"));
+      expect((await n.set("more", value)).status).toBe(507);
+      expect((await n.cluster()).storage.log_failures).toBeGreaterThan(0);
+
+      await $`mount -o remount,size=4m tmpfs ${mnt}`.quiet();
+      const ok = await n.set("after", "space returned");
+      expect(ok.status).toBe(200);
+      acked.set("after", "space returned");
+
+      await n.kill9();
+      const again = await c.start({ leader: true, dataDir: dir });
+      const keys = new Set<string>((await again.request("/keys")).body.keys);
+      for (const k of acked.keys()) expect(keys.has(k)).toBe(true);
+      expect((await again.get("after")).body.value).toBe("space returned");
+      await again.stop();
+    } finally {
+      await Promise.all(c.nodes.map((x) => x.kill9()));
+      await $`umount ${mnt}`.quiet().nothrow();
+    }
+  });
+});
