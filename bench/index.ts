@@ -1,23 +1,45 @@
 /**
- * `bun run bench [-- --quick] [-- --json FILE]`: kvnode's benchmarks.
- * --quick   smaller data sets (finishes in well under a minute)
- * --json F  also write mitata's machine-readable results to F
+ * `bun run bench [-- options]`: kvnode's benchmarks. Machines here are shared and noisy, so every
+ * figure that matters is also printed as a ratio to a baseline measured in the same run.
+ *
+ *   --quick         smaller data sets and shorter runs (well under a minute)
+ *   --json [FILE]   also write machine-readable results (default bench/results.json)
+ *   --only A,B      run only these sections: micro, storage, cluster, memory
  */
 import { run } from "mitata";
 import { registerMicro } from "./micro.ts";
+import type { BenchContext, Section } from "./context.ts";
 
 const argv = process.argv.slice(2);
 const quick = argv.includes("--quick");
 const jsonAt = argv.indexOf("--json");
-const jsonFile = jsonAt >= 0 ? (argv[jsonAt + 1] ?? "bench/results.json") : null;
+const jsonFile = jsonAt >= 0 ? (argv[jsonAt + 1] && !argv[jsonAt + 1]!.startsWith("--") ? argv[jsonAt + 1]! : "bench/results.json") : null;
+const onlyAt = argv.indexOf("--only");
+const only = onlyAt >= 0 ? new Set((argv[onlyAt + 1] ?? "").split(",")) : null;
+const wanted = (s: string) => !only || only.has(s);
 
+const ctx: BenchContext = { quick, results: {} };
 console.log(`kvnode benchmarks: bun ${Bun.version}, ${navigator.hardwareConcurrency} cores, ${quick ? "quick" : "full"} run`);
-registerMicro({ quick });
-const result = await run();
-if (jsonFile) {
-  const out = result.benchmarks.flatMap((b) =>
-    b.runs.map((r) => ({ name: r.name, ns_per_op: r.stats?.avg, ops_per_s: r.stats ? 1e9 / r.stats.avg : null, p99_ns: r.stats?.p99 })),
+
+if (wanted("micro")) {
+  registerMicro({ quick });
+  const result = await run();
+  ctx.results.micro = result.benchmarks.flatMap((b) =>
+    b.runs.map((r) => ({ name: `${b.alias}: ${r.name}`, ns_per_op: r.stats?.avg ?? null, ops_per_s: r.stats ? Math.round(1e9 / r.stats.avg) : null, p99_ns: r.stats?.p99 ?? null })),
   );
-  await Bun.write(jsonFile, JSON.stringify({ bun: Bun.version, quick, micro: out }, null, 2));
-  console.log(`results written to ${jsonFile}`);
+}
+
+// Each section is bench/<name>.ts exporting `run(ctx)`.
+for (const name of ["storage", "cluster", "memory"]) {
+  if (!wanted(name)) continue;
+  const path = `${import.meta.dir}/${name}.ts`;
+  if (!(await Bun.file(path).exists())) continue;
+  const section = (await import(path)).run as Section;
+  console.log(`\n=== ${name} ===`);
+  ctx.results[name] = await section(ctx);
+}
+
+if (jsonFile) {
+  await Bun.write(jsonFile, JSON.stringify({ bun: Bun.version, cores: navigator.hardwareConcurrency, quick, date: new Date().toISOString(), ...ctx.results }, null, 2));
+  console.log(`\nresults written to ${jsonFile}`);
 }
