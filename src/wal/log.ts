@@ -11,8 +11,19 @@
  * A failed write or fsync fails every queued record, cuts the segment back to its last durable
  * size, and the next append tries again: the node stays up and writes resume once the disk does.
  */
+import { existsSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { open } from "node:fs/promises";
+import { dirname } from "node:path";
+import { fsyncDir } from "./files.ts";
+
+/** Open a segment for appending; a new file's directory entry is made durable too. */
+async function openSegment(path: string): Promise<FileHandle> {
+  const created = !existsSync(path);
+  const fh = await open(path, "a");
+  if (created) fsyncDir(dirname(path));
+  return fh;
+}
 
 export type FsyncMode = "always" | "batch" | "never";
 export const fsyncModes: readonly FsyncMode[] = ["always", "batch", "never"];
@@ -40,6 +51,7 @@ export class LogWriter {
   private queueLastSeq = 0;
   private queuedBytes = 0;
   private flushing = false;
+  private inflight: Promise<void> = Promise.resolve();
   private timer: ReturnType<typeof setTimeout> | null = null;
   private nextPath: string | null = null;
   private closed = false;
@@ -56,7 +68,7 @@ export class LogWriter {
   }
 
   static async open(path: string, segmentBytes: number, o: LogWriterOptions): Promise<LogWriter> {
-    const fh = await open(path, "a");
+    const fh = await openSegment(path);
     return new LogWriter(fh, segmentBytes, o);
   }
 
@@ -79,7 +91,7 @@ export class LogWriter {
     const wait = this.o.mode === "batch" ? this.o.fsyncMs : 0;
     this.timer = setTimeout(() => {
       this.timer = null;
-      void this.flush();
+      this.inflight = this.flush();
     }, wait);
   }
 
@@ -94,7 +106,7 @@ export class LogWriter {
     this.queuedBytes = 0;
     try {
       if (this.nextPath) {
-        const next = await open(this.nextPath, "a");
+        const next = await openSegment(this.nextPath);
         await this.fh.close();
         this.fh = next;
         this.segmentBytes = 0;
@@ -134,13 +146,13 @@ export class LogWriter {
 
   /** Flush what is queued and close the file. */
   async close(): Promise<void> {
+    this.closed = true; // no new timers: what is queued is flushed here
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = null;
     }
-    while (this.flushing) await new Promise((r) => setTimeout(r, 1));
+    await this.inflight;
     if (this.queue.length > 0) await this.flush();
-    this.closed = true;
     await this.fh.close();
   }
 }
