@@ -7,7 +7,7 @@
  *   4  frame       u32 length, version, type, group, term, seq, payload
  */
 import { crc32 } from "../lib/crc32.ts";
-import { type Frame, decodeFrame } from "../protocol/frame.ts";
+import { FRAME_HEADER_BYTES, type Frame, PROTOCOL_VERSION, decodeFrame } from "../protocol/frame.ts";
 
 export const RECORD_OVERHEAD_BYTES = 4;
 
@@ -34,29 +34,40 @@ export interface Scan {
   end: ScanEnd;
 }
 
+/** True when a whole, valid record starts at some offset in [from, end of bytes). */
+function validRecordAfter(bytes: Uint8Array, from: number, frameBytesMax: number): boolean {
+  for (let off = from; off + 8 + FRAME_HEADER_BYTES - 4 <= bytes.length; off++) {
+    const len = ((bytes[off + 4]! << 24) | (bytes[off + 5]! << 16) | (bytes[off + 6]! << 8) | bytes[off + 7]!) >>> 0;
+    if (len < FRAME_HEADER_BYTES - 4 || len > frameBytesMax || off + 8 + len > bytes.length) continue;
+    if (bytes[off + 8] !== PROTOCOL_VERSION) continue;
+    const sum = ((bytes[off]! << 24) | (bytes[off + 1]! << 16) | (bytes[off + 2]! << 8) | bytes[off + 3]!) >>> 0;
+    if (crc32(bytes, off + 4, off + 8 + len) === sum) return true;
+  }
+  return false;
+}
+
 /**
- * Read every record in `bytes`. A record that is cut short, or that fails its checksum as the very
- * last record, is a torn tail; any other bad record is corruption. Never throws.
+ * Read every record in `bytes`. A bad record (cut short, a length beyond the file or the limit,
+ * a checksum mismatch) is a torn tail only when no valid record starts anywhere after it: that
+ * is what a crash leaves. Otherwise it is corruption, even when its damaged length field makes it
+ * look like the tail, so recovery never cuts good records off. Never throws.
  */
 export function scanRecords(bytes: Uint8Array, frameBytesMax: number): Scan {
   const frames: Frame[] = [];
   let off = 0;
   while (off < bytes.length) {
     const rest = bytes.length - off;
-    const torn = (why: string): Scan => ({ frames, validBytes: off, end: { kind: "torn", offset: off, bytes: rest, why } });
-    if (rest < 8) return torn("record header cut short");
+    const bad = (why: string): Scan =>
+      validRecordAfter(bytes, off + 1, frameBytesMax)
+        ? { frames, validBytes: off, end: { kind: "corrupt", offset: off, why: `${why}, and valid records follow it` } }
+        : { frames, validBytes: off, end: { kind: "torn", offset: off, bytes: rest, why } };
+    if (rest < 8) return bad("record header cut short");
     const sum = ((bytes[off]! << 24) | (bytes[off + 1]! << 16) | (bytes[off + 2]! << 8) | bytes[off + 3]!) >>> 0;
     const len = ((bytes[off + 4]! << 24) | (bytes[off + 5]! << 16) | (bytes[off + 6]! << 8) | bytes[off + 7]!) >>> 0;
     const end = off + 8 + len;
-    if (len > frameBytesMax) {
-      // A length this large is garbage. At the tail it is a torn length field; earlier, corruption.
-      return end >= bytes.length || len > bytes.length ? torn(`record length ${len} is beyond the file`) : { frames, validBytes: off, end: { kind: "corrupt", offset: off, why: `record length ${len} over the limit ${frameBytesMax}` } };
-    }
-    if (end > bytes.length) return torn(`record of ${len + 8} bytes cut short at ${rest}`);
-    if (crc32(bytes, off + 4, end) !== sum) {
-      if (end === bytes.length) return torn("checksum mismatch in the last record");
-      return { frames, validBytes: off, end: { kind: "corrupt", offset: off, why: "checksum mismatch" } };
-    }
+    if (len > frameBytesMax) return bad(`record length ${len} over the limit ${frameBytesMax}`);
+    if (end > bytes.length) return bad(`record of ${len + 8} bytes cut short at ${rest}`);
+    if (crc32(bytes, off + 4, end) !== sum) return bad("checksum mismatch");
     const d = decodeFrame(bytes, off + 4, frameBytesMax);
     if (!d.ok) return { frames, validBytes: off, end: { kind: "corrupt", offset: off, why: `checksum matches but the frame does not decode: ${d.reason}` } };
     frames.push(d.frame);
