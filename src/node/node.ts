@@ -424,7 +424,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     hostname: config.host,
     port: config.api,
     maxRequestBodySize: 6 * (config.keyBytesMax + config.valueBytesMax) + 64 * 1024,
-    fetch: (req) => app.handle(req),
+    fetch: app.fetch,
     error: (e) => Response.json({ error: `Internal error: ${e.message}` }, { status: 500 }),
   });
   const apiPort = http.port!;

@@ -71,9 +71,37 @@ function finish(w: Writer): Buffer {
   return w.bytes();
 }
 
+/**
+ * Put and Delete are the hot path (every write, every replica, every log record): one exact
+ * allocation, no growing buffer.
+ */
+function encodeEntry(type: typeof FrameType.Put | typeof FrameType.Delete, h: Header, key: string, value: string | null): Buffer {
+  const kn = Buffer.byteLength(key);
+  const vn = value === null ? 0 : Buffer.byteLength(value);
+  const len = FRAME_HEADER_BYTES + 4 + kn + (value === null ? 0 : 4 + vn);
+  const b = Buffer.allocUnsafe(len);
+  b.writeUInt32BE(len - 4, 0);
+  b[4] = PROTOCOL_VERSION;
+  b[5] = type;
+  b.writeUInt32BE(h.group >>> 0, 6);
+  b.writeUInt32BE(Math.floor(h.term / 2 ** 32), 10);
+  b.writeUInt32BE(h.term % 2 ** 32, 14);
+  b.writeUInt32BE(Math.floor(h.seq / 2 ** 32), 18);
+  b.writeUInt32BE(h.seq % 2 ** 32, 22);
+  b.writeUInt32BE(kn, 26);
+  b.write(key, 30, kn, "utf8");
+  if (value !== null) {
+    b.writeUInt32BE(vn, 30 + kn);
+    b.write(value, 34 + kn, vn, "utf8");
+  }
+  return b;
+}
+
 /** Encode one frame. Big frames (entries, chunks) size the buffer up front. */
 export function encodeFrame(f: Frame): Buffer {
-  const w = new Writer(f.type === FrameType.Put ? 64 + 3 * (f.key.length + f.value.length) : 128);
+  if (f.type === FrameType.Put) return encodeEntry(f.type, f, f.key, f.value);
+  if (f.type === FrameType.Delete) return encodeEntry(f.type, f, f.key, null);
+  const w = new Writer(128);
   begin(w, f.type, f);
   switch (f.type) {
     case FrameType.Hello:
@@ -89,12 +117,6 @@ export function encodeFrame(f: Frame): Buffer {
       w.u32(f.entries.length);
       for (const e of f.entries) w.str32(e.key).str32(e.value).u64(e.version);
       break;
-    case FrameType.Put:
-      w.str32(f.key).str32(f.value);
-      break;
-    case FrameType.Delete:
-      w.str32(f.key);
-      break;
     case FrameType.Error:
       w.str32(f.message);
       break;
@@ -102,6 +124,8 @@ export function encodeFrame(f: Frame): Buffer {
     case FrameType.Ack:
     case FrameType.Ping:
       break;
+    default:
+      throw new Error(`cannot encode frame type ${(f as Frame).type}`);
   }
   return finish(w);
 }

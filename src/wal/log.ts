@@ -26,6 +26,9 @@ async function openSegment(path: string): Promise<FileHandle> {
 }
 
 export type FsyncMode = "always" | "batch" | "never";
+
+/** A batch this large is flushed without waiting for the rest of its window. */
+const BATCH_BYTES_MAX = 1 << 20;
 export const fsyncModes: readonly FsyncMode[] = ["always", "batch", "never"];
 
 export interface LogWriterOptions {
@@ -50,6 +53,8 @@ export class LogWriter {
   private queueFirstSeq = 0;
   private queueLastSeq = 0;
   private queuedBytes = 0;
+  /** When the oldest queued record arrived: the batch window counts from there. */
+  private queuedSinceMs = 0;
   private flushing = false;
   private inflight: Promise<void> = Promise.resolve();
   private timer: ReturnType<typeof setTimeout> | null = null;
@@ -74,7 +79,10 @@ export class LogWriter {
 
   /** Queue one record (already encoded) for `seq`; sequences must come in order. */
   append(seq: number, record: Uint8Array): void {
-    if (this.queue.length === 0) this.queueFirstSeq = seq;
+    if (this.queue.length === 0) {
+      this.queueFirstSeq = seq;
+      this.queuedSinceMs = performance.now();
+    }
     this.queue.push(record);
     this.queueLastSeq = seq;
     this.queuedBytes += record.length;
@@ -88,7 +96,10 @@ export class LogWriter {
 
   private kick(): void {
     if (this.flushing || this.timer || this.queue.length === 0 || this.closed) return;
-    const wait = this.o.mode === "batch" ? this.o.fsyncMs : 0;
+    // batch: the window is counted from the oldest queued record (records that gathered during
+    // the previous flush have waited already), and a full batch goes at once.
+    const waited = performance.now() - this.queuedSinceMs;
+    const wait = this.o.mode === "batch" && this.queuedBytes < BATCH_BYTES_MAX ? Math.max(0, this.o.fsyncMs - waited) : 0;
     this.timer = setTimeout(() => {
       this.timer = null;
       this.inflight = this.flush();
