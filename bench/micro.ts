@@ -55,7 +55,7 @@ export function registerMicro(opts: { quick: boolean }): void {
   group("discovery datagram", () => {
     const a = {
       type: DatagramType.Announce, cluster: "kvnode", nodeId: "a1b2c3d4e5f60718", host: "127.0.0.1",
-      clusterPort: 8000, apiPort: 9000, group: 0, leader: true, term: 1, seq: 42, historyId: "6c1f0e9a2b3d4c5e",
+      clusterPort: 8000, apiPort: 9000, group: 0, leader: true, draining: false, moving: false, term: 1, seq: 42, historyId: "6c1f0e9a2b3d4c5e", keys: 1000,
     } as const;
     const bytes = encodeDatagram(a);
     bench("encode", () => do_not_optimize(encodeDatagram(a)));

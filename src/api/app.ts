@@ -8,10 +8,14 @@ import { Elysia } from "elysia";
 import { BadRequestError, KvError, StorageFullError, TooLargeError, UnavailableError } from "../lib/errors.ts";
 import { isWellFormed, utf8Length } from "../lib/utf8.ts";
 import { docsAssets } from "./docs.ts";
-import { ClusterReply, DeleteReply, ErrorBody, GetReply, HealthReply, KeyQuery, KeysReply, SetBody, SetReply } from "./schemas.ts";
-import type { KvService } from "./service.ts";
+import { GROUP_HEADER, HOPS_HEADER, NO_FALLBACK_HEADER } from "../routing/forward.ts";
+import type { RequestContext } from "../routing/router.ts";
+import {
+  ClusterReply, DeleteReply, DrainReply, ErrorBody, GetQuery, GetReply, HealthReply, ImportBody, ImportReply, KeyQuery, KeysQuery, KeysReply, SetBody, SetReply,
+} from "./schemas.ts";
+import type { KvService, Reply } from "./service.ts";
 
-export const HOPS_HEADER = "x-kvnode-hops";
+export { HOPS_HEADER };
 const VERSION = "0.1.0";
 
 /** Methods of each route, for 405 answers. */
@@ -22,6 +26,8 @@ const routes: Record<string, string[]> = {
   "/keys": ["GET"],
   "/cluster": ["GET"],
   "/health": ["GET"],
+  "/admin/drain": ["POST"],
+  "/internal/import": ["POST"],
 };
 
 /** Largest /set body we read: the largest key and value, JSON-escaped (up to 6 bytes a byte). */
@@ -64,9 +70,32 @@ async function parseJsonBody(request: Request, limit: number): Promise<unknown> 
   }
 }
 
-function hopsOf(request: Request): number {
-  const h = Number(request.headers.get(HOPS_HEADER) ?? 0);
-  return Number.isInteger(h) && h >= 0 ? h : 0;
+/** Routing context a forwarding node put in the headers (none on a client's request). */
+function contextOf(request: Request, anyReplica = false): RequestContext {
+  const h = request.headers;
+  const hops = Number(h.get(HOPS_HEADER) ?? 0);
+  const g = h.get(GROUP_HEADER);
+  const group = g === null ? undefined : Number(g);
+  return {
+    hops: Number.isInteger(hops) && hops >= 0 ? hops : 0,
+    targetGroup: group !== undefined && Number.isInteger(group) && group >= 0 ? group : undefined,
+    noFallback: h.get(NO_FALLBACK_HEADER) === "1",
+    anyReplica,
+  };
+}
+
+/** Send a Reply: status, body, and the serving node's headers when it was forwarded. */
+function answer(r: Reply, set: { status?: number | string; headers: Record<string, string | number> }): never {
+  set.status = r.status;
+  if (r.headers) Object.assign(set.headers, r.headers);
+  return r.body as never;
+}
+
+function limitOf(v: string | undefined, fallback: number | undefined): number | undefined {
+  if (v === undefined || v === "") return fallback;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new BadRequestError(`Invalid limit "${v}": use an integer from 1 to 10000`);
+  return n;
 }
 
 /** A validation failure, told in one line: which field and what was expected. */
@@ -81,6 +110,8 @@ function describeValidation(error: unknown): string {
 export function createApi(s: KvService) {
   const bodyLimit = bodyBytesMax(s);
   const errors = { 400: ErrorBody, 404: ErrorBody, 413: ErrorBody, 503: ErrorBody, 507: ErrorBody } as const;
+  // KeyQuery stays exported for clients of the schema module.
+  void KeyQuery;
   return new Elysia({ name: "kvnode-api" })
     .use(docsAssets())
     .use(
@@ -115,7 +146,7 @@ export function createApi(s: KvService) {
       const kv = error instanceof KvError ? error : (error as { cause?: unknown })?.cause;
       if (kv instanceof KvError) {
         set.status = statusOf(kv);
-        return { error: kv.message };
+        return kv instanceof UnavailableError && kv.group !== undefined ? { error: kv.message, group: kv.group } : { error: kv.message };
       }
       if (code === "VALIDATION" && (error as { type?: string }).type === "response") {
         set.status = 500;
@@ -147,9 +178,7 @@ export function createApi(s: KvService) {
       async ({ body, request, set }) => {
         const key = checkKey(s, body.key);
         checkValue(s, key, body.value);
-        const r = await s.set(key, body.value, hopsOf(request));
-        set.status = r.status;
-        return r.body as never;
+        return answer(await s.set(key, body.value, contextOf(request)), set);
       },
       {
         // Our own parser: JSON whatever the content-type (curl -d sends form encoding), with a
@@ -157,40 +186,70 @@ export function createApi(s: KvService) {
         parse: [({ request }) => parseJsonBody(request, bodyLimit), "json"],
         body: SetBody,
         response: { 200: SetReply, ...errors },
-        detail: { summary: "Set a key to a value", description: "On a follower the write is forwarded to its group's leader and answered as the leader answers." },
+        detail: {
+          summary: "Set a key to a value",
+          description: "Any node accepts any key: the write is forwarded to the leader of the group that owns the key on the ring, and answered as that leader answers.",
+        },
       },
     )
     .get(
       "/get",
-      ({ query, set }) => {
+      ({ query, request, set }) => {
         const key = checkKey(s, query.key);
-        const e = s.get(key);
-        if (!e) {
-          set.status = 404;
-          return { error: "Key not found", key };
-        }
-        return { key, value: e.value, version: e.version };
+        if (query.replica !== undefined && query.replica !== "any" && query.replica !== "leader")
+          throw new BadRequestError(`Invalid replica "${query.replica}": use any or leader`);
+        const r = s.get(key, contextOf(request, query.replica === "any"));
+        if (r instanceof Promise) return r.then((x) => answer(x, set)) as never;
+        return answer(r, set);
       },
-      { query: KeyQuery, response: { 200: GetReply, ...errors }, detail: { summary: "Read a key from this node" } },
+      {
+        query: GetQuery,
+        response: { 200: GetReply, ...errors },
+        detail: {
+          summary: "Read a key",
+          description:
+            "A node of the owning group answers from its own copy; any other node forwards to the owning group's leader (or, with replica=any, to any of its members).",
+        },
+      },
     )
     .delete(
       "/delete",
       async ({ query, request, set }) => {
         const key = checkKey(s, query.key);
-        const r = await s.delete(key, hopsOf(request));
-        set.status = r.status;
-        return r.body as never;
+        return answer(await s.delete(key, contextOf(request)), set);
       },
-      { query: KeyQuery, response: { 200: DeleteReply, ...errors }, detail: { summary: "Delete a key", description: "Forwarded to the group's leader when sent to a follower." } },
+      { query: KeyQuery, response: { 200: DeleteReply, ...errors }, detail: { summary: "Delete a key", description: "Forwarded to the leader of the group that owns the key." } },
     )
     .get(
       "/keys",
-      () => {
-        const keys = s.keys();
-        return { keys, count: keys.length };
+      async ({ query, request }) => {
+        const scope = query.scope ?? "node";
+        if (scope !== "node" && scope !== "cluster") throw new BadRequestError(`Invalid scope "${scope}": use node or cluster`);
+        const page = await s.keys(
+          { scope, prefix: query.prefix ?? "", limit: limitOf(query.limit, scope === "cluster" ? 1000 : undefined), cursor: query.cursor || undefined },
+          contextOf(request),
+        );
+        return query.limit !== undefined || scope === "cluster" ? page : { keys: page.keys, count: page.count };
       },
-      { response: { 200: KeysReply }, detail: { summary: "List this node's keys" } },
+      {
+        query: KeysQuery,
+        response: { 200: KeysReply, ...errors },
+        detail: {
+          summary: "List keys",
+          description: "Without parameters: every key this node holds, sorted (as the original). scope=cluster lists every group's keys, deduplicated, a page at a time.",
+        },
+      },
     )
+    .post("/admin/drain", async ({ request, set }) => answer(await s.drain(contextOf(request)), set), {
+      response: { 200: DrainReply, ...errors },
+      detail: { summary: "Drain this node's group", description: "Moves the group's keys to the other groups; once /cluster shows it holds 0 keys, its nodes can be stopped." },
+    })
+    .post("/internal/import", async ({ body, request, set }) => answer(await s.importEntries(body.entries, contextOf(request)), set), {
+      parse: [({ request }) => parseJsonBody(request, 64 * bodyLimit), "json"],
+      body: ImportBody,
+      response: { 200: ImportReply, ...errors },
+      detail: { hide: true },
+    })
     .get("/cluster", () => s.cluster(), { response: { 200: ClusterReply }, detail: { summary: "Membership, groups, ring shares, replication" } })
     .get("/health", () => s.health(), { response: { 200: HealthReply }, detail: { summary: "Liveness and role of this node" } });
 }

@@ -39,9 +39,41 @@ export const DeleteReply = t.Object({
 export const KeysReply = t.Object({
   keys: t.Array(t.String()),
   count: Int(),
+  cursor: t.Optional(t.Union([t.String(), t.Null()], { description: "With limit: pass as cursor for the next page; null on the last page" })),
 });
 
 export const KeyQuery = t.Object({ key: t.Optional(t.String({ description: "The key" })) });
+
+export const GetQuery = t.Object({
+  key: t.Optional(t.String({ description: "The key" })),
+  replica: t.Optional(t.String({ description: "any: a follower of the owner group may answer (possibly a few ms stale)" })),
+});
+
+export const KeysQuery = t.Object({
+  scope: t.Optional(t.String({ description: "node (default: this node's keys, as the original) or cluster (every group's keys, deduplicated)" })),
+  prefix: t.Optional(t.String({ description: "Only keys starting with this" })),
+  limit: t.Optional(t.String({ description: "Largest page (1..10000); the scope=cluster default is 1000" })),
+  cursor: t.Optional(t.String({ description: "The cursor of the previous page" })),
+});
+
+export const DrainReply = t.Object({
+  status: t.Literal("ok"),
+  group: Int(),
+  draining: t.Boolean(),
+  keys: Int({ description: "Keys the group still holds" }),
+});
+
+export const ImportBody = t.Object({
+  from_group: t.Optional(Int()),
+  entries: t.Array(t.Object({ key: t.String(), value: t.String() })),
+});
+
+export const ImportReply = t.Object({
+  status: t.Literal("ok"),
+  imported: Int(),
+  skipped: Int({ description: "Keys this group had already seen (a newer write or delete wins)" }),
+  refused: t.Array(t.String(), { description: "Keys this group does not own on its ring" }),
+});
 
 const NodeView = t.Object({
   node_id: t.String(),
@@ -101,9 +133,19 @@ export const ClusterReply = t.Object({
       group_id: Int(),
       leader: t.Union([t.String(), t.Null()], { description: "Node id of the group's leader" }),
       members: t.Array(t.String()),
-      ring_share: t.Number({ description: "Fraction of the hash ring this group owns" }),
+      ring_share: t.Number({ description: "Fraction of the hash ring this group owns (0 while draining)" }),
+      keys: Int({ description: "Keys its leader holds (as last announced)" }),
+      draining: t.Boolean(),
+      moving: t.Boolean({ description: "Its leader is moving keys to their new owners" }),
     }),
   ),
+  rebalance: t.Object({
+    draining: t.Boolean({ description: "This node's group is draining" }),
+    moving: t.Boolean({ description: "This node (a leader) is moving keys out" }),
+    moved: Int({ description: "Keys this node moved out since it started" }),
+    passes: Int(),
+    last_error: t.Union([t.String(), t.Null()]),
+  }),
   replication: ReplicationView,
   storage: StorageView,
   discovery: t.Object({

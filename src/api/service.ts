@@ -1,11 +1,30 @@
 /** What the API needs from a node. The node implements it; tests can implement it in memory. */
 import type { Static } from "elysia";
+import type { RequestContext } from "../routing/router.ts";
 import type { ClusterReply, HealthReply } from "./schemas.ts";
 
-/** An answer decided elsewhere (a leader we forwarded to), passed through as is. */
+/** An answer decided here or by the node a request was forwarded to, passed through as is. */
 export interface Reply {
   status: number;
   body: Record<string, unknown>;
+  /** Set on a forwarded answer: which node and group served it. */
+  headers?: Record<string, string>;
+}
+
+export interface KeysQuery {
+  scope: "node" | "cluster";
+  prefix: string;
+  /** Largest page; undefined: every key (the seed's /keys). */
+  limit?: number;
+  /** Keys after this one (the `cursor` of the previous page). */
+  cursor?: string;
+}
+
+export interface KeysPage {
+  keys: string[];
+  count: number;
+  /** Pass as `cursor` for the next page; null on the last one. */
+  cursor: string | null;
 }
 
 export interface KvService {
@@ -13,11 +32,16 @@ export interface KvService {
   readonly group: number;
   readonly keyBytesMax: number;
   readonly valueBytesMax: number;
-  get(key: string): { value: string; version: number } | undefined;
-  /** Write (on the leader) or forward (from a follower). `hops` counts forwards so far. */
-  set(key: string, value: string, hops: number): Promise<Reply>;
-  delete(key: string, hops: number): Promise<Reply>;
-  keys(): string[];
+  /** Read here, or from the group that owns the key. */
+  get(key: string, ctx: RequestContext): Reply | Promise<Reply>;
+  /** Write on the owner group's leader (here, or forwarded). */
+  set(key: string, value: string, ctx: RequestContext): Promise<Reply>;
+  delete(key: string, ctx: RequestContext): Promise<Reply>;
+  keys(q: KeysQuery, ctx: RequestContext): KeysPage | Promise<KeysPage>;
+  /** Move this group's keys to the other groups, so it can be shut down. */
+  drain(ctx: RequestContext): Promise<Reply>;
+  /** Keys moved in from another group (rebalancing). */
+  importEntries(entries: { key: string; value: string }[], ctx: RequestContext): Promise<Reply>;
   cluster(): Static<typeof ClusterReply>;
   health(): Static<typeof HealthReply>;
 }

@@ -13,10 +13,13 @@ export interface Member {
   apiPort: number;
   group: number;
   leader: boolean;
+  draining: boolean;
+  moving: boolean;
   term: number;
   /** Leader: head sequence. Follower: applied sequence. As of the last announcement. */
   seq: number;
   historyId: string;
+  keys: number;
   /** Clock time the node was last heard from (for self: now). */
   lastSeenMs: number;
 }
@@ -62,9 +65,12 @@ export class Membership {
       apiPort: a.apiPort,
       group: a.group,
       leader: a.leader,
+      draining: a.draining,
+      moving: a.moving,
       term: a.term,
       seq: a.seq,
       historyId: a.historyId,
+      keys: a.keys,
       lastSeenMs: nowMs,
     });
     return known ? "updated" : "new";

@@ -19,6 +19,13 @@ export class TooLargeError extends KvError {
 /** This node cannot serve the request now (no leader known, leader unreachable). */
 export class UnavailableError extends KvError {
   override name = "UnavailableError";
+  constructor(
+    message: string,
+    /** The group that could not be reached, when there is one. */
+    readonly group?: number,
+  ) {
+    super(message);
+  }
 }
 
 /** The disk is full: writes are refused (507) until space returns; reads go on. */

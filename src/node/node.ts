@@ -5,9 +5,11 @@
  */
 import type { Static } from "elysia";
 import { createApi } from "../api/app.ts";
-import { HOPS_HEADER } from "../api/app.ts";
 import type { ClusterReply, HealthReply } from "../api/schemas.ts";
-import type { KvService, Reply } from "../api/service.ts";
+import type { KeysPage, KeysQuery, KvService, Reply } from "../api/service.ts";
+import { forward } from "../routing/forward.ts";
+import { HOPS_MAX, type RequestContext, RingCache, type RoutingView, ringGroups, routeRead, routeWrite } from "../routing/router.ts";
+import { Mover } from "./mover.ts";
 import { Discovery } from "../discovery/udp.ts";
 import { type Member, Membership } from "../discovery/membership.ts";
 import { UnavailableError } from "../lib/errors.ts";
@@ -24,6 +26,8 @@ import { Durability, storageError } from "./durability.ts";
 import type { NodeConfig } from "./config.ts";
 
 const PING_INTERVAL_MS = 1000;
+const MOVER_TICK_MS = 50;
+const START_SETTLE_MS = 150;
 
 export interface RunningNode {
   readonly nodeId: string;
@@ -168,9 +172,12 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     apiPort: 0, // set once the API listens
     group: config.group,
     leader: config.leader,
+    draining: false,
+    moving: false,
     term,
     seq: 0,
     historyId,
+    keys: 0,
     lastSeenMs: now(),
   });
   const position = () => (leader ? leader.head : follower!.applied);
@@ -265,24 +272,92 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     if (!link && !reconnectTimer) connectToLeader();
   };
 
-  // --- the service behind the API
-  const forward = async (method: string, path: string, body: string | undefined, hops: number): Promise<Reply> => {
-    const target = membership.leaderOf(config.group);
-    if (!target) throw new UnavailableError(`No leader known for group ${config.group}: cannot accept writes`);
-    if (hops >= limits.forwardHopsMax) throw new UnavailableError(`Request forwarded ${hops} times without reaching the leader of group ${config.group}`);
-    const url = `http://${target.host}:${target.apiPort}${path}`;
-    try {
-      const res = await fetch(url, {
-        method,
-        body,
-        headers: { "content-type": "application/json", [HOPS_HEADER]: String(hops + 1) },
-        signal: AbortSignal.timeout(limits.forwardTimeoutMs),
-      });
-      const json = (await res.json()) as Record<string, unknown>;
-      return { status: res.status, body: json };
-    } catch (e) {
-      throw new UnavailableError(`Leader of group ${config.group} (${target.nodeId} at ${target.host}:${target.apiPort}) is unreachable: ${(e as Error).message}`);
+  // --- routing: any node serves any key (src/routing)
+  const rings = new RingCache();
+  const currentRing = () => rings.get(ringGroups(membership.list()), now());
+  const routing: RoutingView = {
+    selfId: nodeId,
+    selfGroup: config.group,
+    leaderOf: (g) => membership.leaderOf(g),
+    membersOf: (g) => membership.list().filter((m) => m.group === g),
+  };
+  /** Keys may still be on their previous owner: some leader says it is moving, or the ring just changed. */
+  const settleMs = 2 * config.heartbeatMs + 1000;
+  const rebalancing = () => rings.before !== null && (now() - rings.changedAtMs < settleMs || membership.list().some((m) => m.moving));
+  const mover = leader
+    ? new Mover({
+        group: config.group,
+        store,
+        leader,
+        ring: currentRing,
+        leaderOf: (g) => membership.leaderOf(g),
+        durable: (seq) => durableOrThrow(seq),
+        announce: () => {
+          membership.updateSelf({ moving: mover!.moving, draining: mover!.draining });
+          discovery.announce();
+        },
+        log,
+      })
+    : null;
+
+  const notFound = (key: string): Reply => ({ status: 404, body: { error: "Key not found", key } });
+  const enc = encodeURIComponent;
+
+  /** A miss while keys move: ask our leader (it may have the key before we do), then the previous owner. */
+  const fallbackRead = async (key: string, ctx: RequestContext): Promise<Reply> => {
+    const tries: [Member, number][] = [];
+    const own = membership.leaderOf(config.group);
+    if (!leader && own) tries.push([own, config.group]);
+    const prev = rings.before?.ownerOf(key);
+    if (prev !== undefined && prev !== config.group) {
+      const m = membership.leaderOf(prev) ?? routing.membersOf(prev)[0];
+      if (m) tries.push([m, prev]);
     }
+    for (const [m, g] of tries) {
+      try {
+        const r = await forward(m, "GET", `/get?key=${enc(key)}`, undefined, { hops: ctx.hops, group: g, noFallback: true });
+        if (r.status === 200) return r;
+      } catch {}
+    }
+    return notFound(key);
+  };
+
+  /** A request sent to us as the owner that our ring gives to another group: pass it on once, never back. */
+  const misdirected = (key: string, ctx: RequestContext): { to: Member; group: number } | undefined => {
+    if (ctx.targetGroup === undefined) return undefined;
+    const owner = currentRing().ownerOf(key);
+    if (owner === undefined || owner === config.group) return undefined;
+    const to = membership.leaderOf(owner);
+    if (!to || ctx.hops + 1 >= HOPS_MAX) throw new UnavailableError(`Nodes disagree about the owner of "${key.slice(0, 64)}" (group ${config.group} or ${owner}): retry shortly`, owner);
+    return { to, group: owner };
+  };
+
+  const localKeys = (q: KeysQuery): KeysPage => {
+    const all: string[] = [];
+    for (const k of store.keys()) if (k.startsWith(q.prefix) && (q.cursor === undefined || k > q.cursor)) all.push(k);
+    all.sort();
+    if (q.limit === undefined || all.length <= q.limit) return { keys: all, count: all.length, cursor: null };
+    const keys = all.slice(0, q.limit);
+    return { keys, count: keys.length, cursor: keys[keys.length - 1]! };
+  };
+
+  const clusterKeys = async (q: KeysQuery, ctx: RequestContext): Promise<KeysPage> => {
+    const limit = q.limit ?? 1000;
+    const qs = `scope=node&prefix=${enc(q.prefix)}&limit=${limit}${q.cursor !== undefined ? `&cursor=${enc(q.cursor)}` : ""}`;
+    const pages = await Promise.all(
+      membership.groups().map(async (g): Promise<KeysPage> => {
+        if (g === config.group) return localKeys({ ...q, limit });
+        const m = membership.leaderOf(g) ?? routing.membersOf(g)[0];
+        if (!m) throw new UnavailableError(`Cannot list keys: no member of group ${g} is known`, g);
+        const r = await forward(m, "GET", `/keys?${qs}`, undefined, { hops: ctx.hops, group: g });
+        if (r.status !== 200) throw new UnavailableError(`Cannot list keys of group ${g}: ${r.status} ${String(r.body.error ?? "")}`, g);
+        return r.body as unknown as KeysPage;
+      }),
+    );
+    const merged = [...new Set(pages.flatMap((p) => p.keys))].sort();
+    const keys = merged.slice(0, limit);
+    const more = merged.length > limit || pages.some((p) => p.cursor !== null);
+    return { keys, count: keys.length, cursor: more && keys.length > 0 ? keys[keys.length - 1]! : null };
   };
 
   /** Read-your-writes through a follower: wait (briefly) until our copy has the forwarded write. */
@@ -306,36 +381,97 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     }
   };
 
+  /** A forwarded write of our own group: wait until our copy has it, so a read here sees it. */
+  const ownGroupWrite = async (r: Reply, group: number) => {
+    if (group === config.group && r.status === 200 && typeof r.body.version === "number") await awaitApplied(r.body.version);
+    return r;
+  };
+
   const service: KvService = {
     nodeId,
     group: config.group,
     keyBytesMax: config.keyBytesMax,
     valueBytesMax: config.valueBytesMax,
-    get: (key) => {
+    get(key, ctx) {
+      const route = routeRead(key, currentRing(), routing, ctx);
+      if (route.kind === "unavailable") throw new UnavailableError(`Cannot read "${key.slice(0, 64)}": ${route.why}`, route.group);
+      if (route.kind === "forward")
+        return forward(route.to, "GET", `/get?key=${enc(key)}${ctx.anyReplica ? "&replica=any" : ""}`, undefined, { hops: ctx.hops, group: route.group });
       const e = store.get(key);
-      return e ? { value: e.value!, version: e.version } : undefined;
+      if (e) return { status: 200, body: { key, value: e.value!, version: e.version } };
+      if (!ctx.noFallback && rebalancing()) return fallbackRead(key, ctx);
+      return notFound(key);
     },
-    async set(key, value, hops) {
-      if (leader) {
-        const seq = leader.set(key, value);
-        await durableOrThrow(seq);
-        return { status: 200, body: { status: "ok", key, version: seq } };
+    async set(key, value, ctx) {
+      const route = routeWrite(key, currentRing(), routing, ctx);
+      if (route.kind === "unavailable") throw new UnavailableError(`Cannot write "${key.slice(0, 64)}": ${route.why}`, route.group);
+      const body = JSON.stringify({ key, value });
+      if (route.kind === "forward") return ownGroupWrite(await forward(route.to, "POST", "/set", body, { hops: ctx.hops, group: route.group }), route.group);
+      const other = misdirected(key, ctx);
+      if (other) return forward(other.to, "POST", "/set", body, { hops: ctx.hops, group: other.group });
+      const seq = leader!.set(key, value);
+      await durableOrThrow(seq);
+      return { status: 200, body: { status: "ok", key, version: seq } };
+    },
+    async delete(key, ctx) {
+      const route = routeWrite(key, currentRing(), routing, ctx);
+      if (route.kind === "unavailable") throw new UnavailableError(`Cannot delete "${key.slice(0, 64)}": ${route.why}`, route.group);
+      const path = `/delete?key=${enc(key)}`;
+      if (route.kind === "forward") return ownGroupWrite(await forward(route.to, "DELETE", path, undefined, { hops: ctx.hops, group: route.group }), route.group);
+      const other = misdirected(key, ctx);
+      if (other) return forward(other.to, "DELETE", path, undefined, { hops: ctx.hops, group: other.group });
+      let { existed, seq } = leader!.delete(key);
+      if (!existed && rebalancing() && !ctx.noFallback) {
+        // The key may not have moved here yet: a tombstone keeps the move from bringing it back.
+        existed = (await fallbackRead(key, ctx)).status === 200;
+        seq = leader!.tombstone(key);
       }
-      const r = await forward("POST", "/set", JSON.stringify({ key, value }), hops);
-      if (r.status === 200 && typeof r.body.version === "number") await awaitApplied(r.body.version);
-      return r;
+      if (seq > leader!.head) await durableOrThrow(seq);
+      return { status: 200, body: { status: "ok", key, deleted: existed, version: seq } };
     },
-    async delete(key, hops) {
-      if (leader) {
-        const { existed, seq } = leader.delete(key);
-        if (existed) await durableOrThrow(seq);
-        return { status: 200, body: { status: "ok", key, deleted: existed, version: seq } };
+    keys: (q, ctx) => (q.scope === "cluster" && ctx.targetGroup === undefined ? clusterKeys(q, ctx) : localKeys(q)),
+    async drain(ctx) {
+      if (!leader) {
+        const to = membership.leaderOf(config.group);
+        if (!to) throw new UnavailableError(`Cannot drain group ${config.group}: no leader known`, config.group);
+        return forward(to, "POST", "/admin/drain", undefined, { hops: ctx.hops, group: config.group });
       }
-      const r = await forward("DELETE", `/delete?key=${encodeURIComponent(key)}`, undefined, hops);
-      if (r.status === 200 && r.body.deleted === true && typeof r.body.version === "number") await awaitApplied(r.body.version);
-      return r;
+      const others = membership.groups().filter((g) => g !== config.group && !membership.list().some((m) => m.group === g && m.draining));
+      if (others.length === 0) throw new UnavailableError(`Cannot drain group ${config.group}: no other group to take its keys`, config.group);
+      if (!mover!.draining) {
+        mover!.draining = true;
+        log.info("draining: moving every key of this group to the other groups", { group: config.group, keys: store.size });
+        membership.updateSelf({ draining: true });
+        discovery.announce();
+      }
+      return { status: 200, body: { status: "ok", group: config.group, draining: true, keys: store.size } };
     },
-    keys: () => [...store.keys()].sort(),
+    async importEntries(entries, ctx) {
+      if (!leader) {
+        const to = membership.leaderOf(config.group);
+        if (!to) throw new UnavailableError(`Cannot import into group ${config.group}: no leader known`, config.group);
+        return forward(to, "POST", "/internal/import", JSON.stringify({ entries }), { hops: ctx.hops, group: config.group });
+      }
+      const ring = currentRing();
+      let imported = 0;
+      let skipped = 0;
+      let last = 0;
+      const refused: string[] = [];
+      for (const { key, value } of entries) {
+        if (ring.ownerOf(key) !== config.group) {
+          refused.push(key);
+          continue;
+        }
+        const seq = leader.setIfUnknown(key, value);
+        if (seq === undefined) skipped++;
+        else {
+          imported++;
+          last = seq;
+        }
+      }
+      if (last > 0) await durableOrThrow(last);
+      return { status: 200, body: { status: "ok", imported, skipped, refused } };
+    },
     cluster: () => clusterView(),
     health: () => healthView(),
   };
@@ -365,8 +501,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   const clusterView = (): Static<typeof ClusterReply> => {
     const t = now();
     const members = membership.list();
-    const ring = new HashRing(membership.groups());
-    const shares = ring.shares();
+    const shares = currentRing().shares();
     const ds = discovery.stats;
     return {
       self_node_id: nodeId,
@@ -383,12 +518,20 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         last_seen_ms_ago: m.nodeId === nodeId ? 0 : Math.max(0, Math.round(t - m.lastSeenMs)),
       })),
       node_count: members.length,
-      groups: ring.groups.map((g) => ({
-        group_id: g,
-        leader: membership.leaderOf(g)?.nodeId ?? null,
-        members: members.filter((m) => m.group === g).map((m) => m.nodeId),
-        ring_share: Math.round((shares.get(g) ?? 0) * 1e6) / 1e6,
-      })),
+      groups: membership.groups().map((g) => {
+        const ms = members.filter((m) => m.group === g);
+        const lead = membership.leaderOf(g);
+        return {
+          group_id: g,
+          leader: lead?.nodeId ?? null,
+          members: ms.map((m) => m.nodeId),
+          ring_share: Math.round((shares.get(g) ?? 0) * 1e6) / 1e6,
+          keys: lead ? (lead.nodeId === nodeId ? store.size : lead.keys) : Math.max(0, ...ms.map((m) => m.keys)),
+          draining: ms.some((m) => m.draining),
+          moving: ms.some((m) => m.moving),
+        };
+      }),
+      rebalance: mover ? mover.progress() : { draining: membership.getSelf().draining, moving: false, moved: 0, passes: 0, last_error: null },
       replication: replicationView(),
       storage: storageView(),
       discovery: { received: ds.received, accepted: ds.accepted, dropped: { ...ds.dropped }, sent: ds.sent, send_errors: ds.sendErrors },
@@ -448,9 +591,12 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         apiPort,
         group: config.group,
         leader: config.leader,
+        draining: self.draining,
+        moving: self.moving,
         term: leader ? term : follower!.term,
         seq: position(),
         historyId: leader ? historyId : follower!.historyId,
+        keys: store.size,
       };
     },
     onChange: (what, id) => {
@@ -469,8 +615,12 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     replication.stop();
     throw new Error(`Cannot bind discovery port ${config.discoveryPort}/udp: ${(e as Error).message}`);
   }
+  // Peers answer a newcomer's first announcement within ~50 ms: give them that long, so the ring
+  // this node routes with holds every group from its first request.
+  await new Promise((r) => setTimeout(r, Math.min(START_SETTLE_MS, config.heartbeatMs)));
 
   const timers = [
+    setInterval(() => void mover?.tick(), MOVER_TICK_MS),
     setInterval(() => {
       leader?.ping();
     }, PING_INTERVAL_MS),

@@ -173,6 +173,27 @@ export class Leader {
     return { existed: true, seq: this.propose(key, null) };
   }
 
+  /** Whether this leader has ever seen `key`: live, deleted (tombstone) or pending. */
+  knows(key: string): boolean {
+    return this.overlay.has(key) || this.o.store.versionOf(key) > 0;
+  }
+
+  /** Write `key` only if this leader has never seen it (a key moved in must not undo a newer write or delete). */
+  setIfUnknown(key: string, value: string): number | undefined {
+    return this.knows(key) ? undefined : this.propose(key, value);
+  }
+
+  /** Delete `key` only if it still holds the write at `version` (a key moved out that nobody changed since). */
+  deleteIfVersion(key: string, version: number): number | undefined {
+    if (this.overlay.has(key) || this.o.store.get(key)?.version !== version) return undefined;
+    return this.propose(key, null);
+  }
+
+  /** Record a delete even of a key this leader does not hold (so a copy moved in later stays deleted). */
+  tombstone(key: string): number {
+    return this.propose(key, null);
+  }
+
   /** Resolves once `seq` is applied (durable); rejects when the log failed to write it. */
   whenApplied(seq: number): Promise<void> {
     if (seq <= this.applied) return Promise.resolve();

@@ -229,7 +229,9 @@ describe.skipIf(reason !== null)(`kvnode across three network-namespace hosts${r
     expect(byId[leader.nodeId]).toMatchObject({ address: `${b}.1:${leader.clusterPort}`, api_address: `${b}.1:${leader.apiPort}`, is_leader: true });
     expect(byId[f2.nodeId]).toMatchObject({ address: `${b}.2:${f2.clusterPort}`, api_address: `${b}.2:${f2.apiPort}`, group_id: 0, is_leader: false });
     expect(byId[f3.nodeId]).toMatchObject({ address: `${b}.3:${f3.clusterPort}`, api_address: `${b}.3:${f3.apiPort}`, group_id: 0, is_leader: false });
-    expect(lc.groups).toEqual([{ group_id: 0, leader: leader.nodeId, members: expect.any(Array), ring_share: 1 }]);
+    expect(lc.groups).toHaveLength(1);
+    expect(lc.groups[0]).toMatchObject({ group_id: 0, leader: leader.nodeId, ring_share: 1, draining: false });
+    expect([...lc.groups[0].members].sort()).toEqual([leader.nodeId, f2.nodeId, f3.nodeId].sort());
     expect(lc.discovery.accepted).toBeGreaterThan(0);
     expect(lc.discovery.send_errors).toBe(0);
 

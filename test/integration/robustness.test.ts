@@ -68,11 +68,11 @@ describe("the discovery port", () => {
     const s = await udpSender();
     const valid = encodeDatagram({
       type: DatagramType.Announce, cluster: c.name, nodeId: "feedfacefeedface", host: "127.0.0.1",
-      clusterPort: 1, apiPort: 1, group: 0, leader: true, term: 99, seq: 0, historyId: "x",
+      clusterPort: 1, apiPort: 1, group: 0, leader: true, draining: false, moving: false, term: 99, seq: 0, historyId: "x", keys: 0,
     });
     const foreign = encodeDatagram({
       type: DatagramType.Announce, cluster: "someone-else", nodeId: "0123456789abcdef", host: "127.0.0.1",
-      clusterPort: 2, apiPort: 2, group: 0, leader: true, term: 1, seq: 0, historyId: "y",
+      clusterPort: 2, apiPort: 2, group: 0, leader: true, draining: false, moving: false, term: 1, seq: 0, historyId: "y", keys: 0,
     });
     const flipped = Uint8Array.from(valid);
     flipped[flipped.length - 3]! ^= 0x40;

@@ -47,7 +47,9 @@ describe("the seed README's 3-node group on one host", () => {
     const byId = Object.fromEntries(cluster.nodes.map((n: any) => [n.node_id, n]));
     expect(byId[leader.nodeId]).toMatchObject({ address: `127.0.0.1:${leader.clusterPort}`, group_id: 0, is_leader: true });
     expect(byId[f1.nodeId]).toMatchObject({ address: `127.0.0.1:${f1.clusterPort}`, group_id: 0, is_leader: false });
-    expect(cluster.groups).toEqual([{ group_id: 0, leader: leader.nodeId, members: expect.any(Array), ring_share: 1 }]);
+    expect(cluster.groups).toHaveLength(1);
+    expect(cluster.groups[0]).toMatchObject({ group_id: 0, leader: leader.nodeId, ring_share: 1, draining: false });
+    expect([...cluster.groups[0].members].sort()).toEqual([leader.nodeId, f1.nodeId, f2.nodeId].sort());
 
     const lc = await leader.cluster();
     expect(lc.replication.followers.map((f: any) => f.node_id).sort()).toEqual([f1.nodeId, f2.nodeId].sort());
@@ -89,22 +91,30 @@ describe("the seed README's 3-node group on one host", () => {
 });
 
 describe("several groups on one host", () => {
-  test("two groups of two replicate within their group only, and /cluster shows both with ring shares", async () => {
+  test("two groups of two: any node takes any key, it is stored on its owner group only, and /cluster shows both groups", async () => {
     await using c = await TestCluster.create();
     const l0 = await c.start({ leader: true, group: 0 });
     const f0 = await c.start({ group: 0 });
     const l1 = await c.start({ leader: true, group: 1 });
     const f1 = await c.start({ group: 1 });
-    await c.awaitMembership([l0, f0, l1, f1], 4);
+    const all = [l0, f0, l1, f1];
+    await c.awaitMembership(all, 4);
 
-    expect((await l0.set("a", "zero")).status).toBe(200);
-    expect((await l1.set("b", "one")).status).toBe(200);
-    // A write through group 1's follower goes to group 1's leader.
-    expect((await f1.set("c", "one-too")).status).toBe(200);
+    const keys = Array.from({ length: 60 }, (_, i) => `key-${i}`);
+    for (const [i, k] of keys.entries()) {
+      const r = await all[i % 4]!.set(k, `v-${k}`);
+      expect(r.status).toBe(200);
+      expect(["0", "1"]).toContain(r.headers.get("x-kvnode-group") ?? "none");
+    }
     await c.awaitInSync(l0, f0);
     await c.awaitInSync(l1, f1);
-    expect((await f0.request("/keys")).body).toEqual({ keys: ["a"], count: 1 });
-    expect((await f1.request("/keys")).body).toEqual({ keys: ["b", "c"], count: 2 });
+    const [k0, k1] = [(await f0.request("/keys")).body.keys as string[], (await f1.request("/keys")).body.keys as string[]];
+    // Sharded: every key on exactly one group, both groups used, nothing lost.
+    expect(k0.length).toBeGreaterThan(5);
+    expect(k1.length).toBeGreaterThan(5);
+    expect([...k0, ...k1].sort()).toEqual([...keys].sort());
+    expect(k0.filter((k) => k1.includes(k))).toEqual([]);
+    for (const n of all) for (const k of [keys[0]!, keys[59]!]) expect((await n.get(k)).body.value).toBe(`v-${k}`);
 
     const cl = await f0.cluster();
     expect(cl.node_count).toBe(4);

@@ -4,7 +4,8 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { Static } from "elysia";
-import { bodyBytesMax, createApi, HOPS_HEADER, type KvService, type Reply } from "../../src/api/index.ts";
+import { bodyBytesMax, createApi, HOPS_HEADER, type KeysPage, type KeysQuery, type KvService, type Reply } from "../../src/api/index.ts";
+import type { RequestContext } from "../../src/routing/router.ts";
 import type { ClusterReply, HealthReply } from "../../src/api/schemas.ts";
 
 /** A Map-backed KvService: a single leader of group 0 with small limits, and a log of calls. */
@@ -24,11 +25,12 @@ class MemoryService implements KvService {
     this.valueBytesMax = limits.valueBytesMax;
   }
 
-  get(key: string) {
-    return this.entries.get(key);
+  get(key: string): Reply {
+    const e = this.entries.get(key);
+    return e ? { status: 200, body: { key, value: e.value, version: e.version } } : { status: 404, body: { error: "Key not found", key } };
   }
 
-  async set(key: string, value: string, hops: number): Promise<Reply> {
+  async set(key: string, value: string, { hops }: RequestContext): Promise<Reply> {
     this.calls.push({ op: "set", key, hops });
     if (this.setReply) return this.setReply;
     const version = ++this.seq;
@@ -36,15 +38,26 @@ class MemoryService implements KvService {
     return { status: 200, body: { status: "ok", key, version } };
   }
 
-  async delete(key: string, hops: number): Promise<Reply> {
+  async delete(key: string, { hops }: RequestContext): Promise<Reply> {
     this.calls.push({ op: "delete", key, hops });
     const deleted = this.entries.delete(key);
     const version = deleted ? ++this.seq : this.seq;
     return { status: 200, body: { status: "ok", key, deleted, version } };
   }
 
-  keys(): string[] {
-    return [...this.entries.keys()];
+  keys(q: KeysQuery): KeysPage {
+    const all = [...this.entries.keys()].filter((k) => k.startsWith(q.prefix) && (q.cursor === undefined || k > q.cursor)).sort();
+    const keys = q.limit === undefined ? all : all.slice(0, q.limit);
+    return { keys, count: keys.length, cursor: keys.length < all.length ? keys[keys.length - 1]! : null };
+  }
+
+  async drain(): Promise<Reply> {
+    return { status: 200, body: { status: "ok", group: this.group, draining: true, keys: this.entries.size } };
+  }
+
+  async importEntries(entries: { key: string; value: string }[]): Promise<Reply> {
+    for (const { key, value } of entries) if (!this.entries.has(key)) this.entries.set(key, { value, version: ++this.seq });
+    return { status: 200, body: { status: "ok", imported: entries.length, skipped: 0, refused: [] } };
   }
 
   cluster(): Static<typeof ClusterReply> {
@@ -65,7 +78,8 @@ class MemoryService implements KvService {
         },
       ],
       node_count: 1,
-      groups: [{ group_id: 0, leader: this.nodeId, members: [this.nodeId], ring_share: 1 }],
+      groups: [{ group_id: 0, leader: this.nodeId, members: [this.nodeId], ring_share: 1, keys: this.entries.size, draining: false, moving: false }],
+      rebalance: { draining: false, moving: false, moved: 0, passes: 0, last_error: null },
       replication: this.replication(),
       storage: { data_dir: null, durable_seq: this.seq, data_dir_bytes: 0, fsync: "in-memory", log_flushes: 0, log_records: 0, log_failures: 0, snapshots: 0, last_snapshot_seq: 0, torn_bytes_cut: 0 },
       discovery: { received: 0, accepted: 0, dropped: {}, sent: 0, send_errors: 0 },
@@ -256,7 +270,7 @@ describe("POST /set", () => {
     const body = await expectError(await set({ key: "d", value: "€".repeat(11) }), 413);
     expect(body.error).toContain("32");
     await expectError(await set({ key: "e", value: "😀".repeat(9) }), 413); // 18 code units, 36 bytes
-    expect(service.keys().sort()).toEqual(["a", "b"]);
+    expect(service.keys({ scope: "node", prefix: "" }).keys).toEqual(["a", "b"]);
   });
 
   test("answers 413 for a body larger than the limit, with or without a declared length", async () => {

@@ -11,9 +11,12 @@ const self: Member = {
   apiPort: 9000,
   group: 0,
   leader: false,
+  draining: false,
+  moving: false,
   term: 1,
   seq: 0,
   historyId: "",
+  keys: 0,
   lastSeenMs: 0,
 };
 
@@ -28,9 +31,12 @@ function ann(p: Partial<Announcement> = {}): Announcement {
     apiPort: 20_000,
     group: 0,
     leader: false,
+    draining: false,
+    moving: false,
     term: 1,
     seq: 0,
     historyId: "h",
+    keys: 0,
     ...p,
   };
 }
@@ -56,9 +62,12 @@ describe("Membership", () => {
       apiPort: a.apiPort,
       group: 0,
       leader: false,
+      draining: false,
+      moving: false,
       term: 1,
       seq: 1,
       historyId: "h",
+      keys: 0,
       lastSeenMs: 100,
     });
     expect(m.observe({ ...a, seq: 7, leader: true, apiPort: 9100 }, 200)).toBe("updated");

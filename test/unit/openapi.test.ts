@@ -15,10 +15,12 @@ const service: KvService = {
   group: 0,
   keyBytesMax: 1024,
   valueBytesMax: 1 << 20,
-  get: () => undefined,
+  get: (key) => ({ status: 404, body: { error: "Key not found", key } }),
   set: async (key) => ({ status: 200, body: { status: "ok", key, version: 1 } }),
   delete: async (key) => ({ status: 200, body: { status: "ok", key, deleted: false, version: 0 } }),
-  keys: () => [],
+  keys: () => ({ keys: [], count: 0, cursor: null }),
+  drain: async () => ({ status: 200, body: { status: "ok", group: 0, draining: true, keys: 0 } }),
+  importEntries: async () => ({ status: 200, body: { status: "ok", imported: 0, skipped: 0, refused: [] } }),
   cluster: () => ({}) as Static<typeof ClusterReply>,
   health: () => ({}) as Static<typeof HealthReply>,
 };
@@ -46,9 +48,10 @@ const endpoints = [
   { path: "/set", method: "post", takes: "body" },
   { path: "/get", method: "get", takes: "key" },
   { path: "/delete", method: "delete", takes: "key" },
-  { path: "/keys", method: "get", takes: "nothing" },
+  { path: "/keys", method: "get", takes: "paging" },
   { path: "/cluster", method: "get", takes: "nothing" },
   { path: "/health", method: "get", takes: "nothing" },
+  { path: "/admin/drain", method: "post", takes: "nothing" },
 ] as const;
 
 describe("GET /swagger/json", () => {
@@ -66,7 +69,7 @@ describe("GET /swagger/json", () => {
     expect((await validate(doc)).valid).toBe(false);
   });
 
-  test("documents exactly the API's six endpoints and none of the docs routes", async () => {
+  test("documents exactly the API's endpoints and none of the docs or internal routes", async () => {
     const doc = await specDocument();
     expect(Object.keys(doc.paths).sort()).toEqual(endpoints.map((e) => e.path).sort());
     for (const { path, method } of endpoints) {
@@ -113,9 +116,16 @@ describe("GET /swagger/json", () => {
     expect(op.parameters ?? []).toEqual([]);
   });
 
+  test("get /keys documents its optional scope, prefix, limit and cursor parameters", async () => {
+    const op = (await specDocument()).paths["/keys"].get;
+    expect(op.requestBody).toBeUndefined();
+    const params = (op.parameters ?? []).map((p: Json) => [p.name, p.in, p.required]);
+    expect(params.sort()).toEqual([["cursor", "query", false], ["limit", "query", false], ["prefix", "query", false], ["scope", "query", false]]);
+  });
+
   test("the key-taking endpoints document their JSON error answers", async () => {
     const doc = await specDocument();
-    for (const { path, method } of endpoints.filter((e) => e.takes !== "nothing")) {
+    for (const { path, method } of endpoints.filter((e) => e.takes === "key" || e.takes === "body")) {
       for (const status of ["400", "404", "413", "503"]) {
         const schema = doc.paths[path][method].responses[status]?.content?.["application/json"]?.schema;
         expect({ path, status, required: schema?.required }).toEqual({ path, status, required: ["error"] });

@@ -363,9 +363,12 @@ const announcementArb: fc.Arbitrary<Announcement> = fc.record({
   apiPort: fc.integer({ min: 0, max: 65535 }),
   group: u32,
   leader: fc.boolean(),
+  draining: fc.boolean(),
+  moving: fc.boolean(),
   term: u53,
   seq: u53,
   historyId: dgText(),
+  keys: u53,
 });
 
 const announcement: Announcement = {
@@ -377,9 +380,12 @@ const announcement: Announcement = {
   apiPort: 9000,
   group: 2,
   leader: true,
+  draining: false,
+  moving: true,
   term: 1,
   seq: 12345,
   historyId: "h-abc",
+  keys: 777,
 };
 
 describe("discovery datagrams", () => {
