@@ -6,23 +6,11 @@ import type { Announcement } from "../protocol/datagram.ts";
 import { DatagramType } from "../protocol/datagram.ts";
 import { limits } from "../lib/limits.ts";
 
-export interface Member {
-  nodeId: string;
-  host: string;
-  clusterPort: number;
-  apiPort: number;
-  group: number;
-  leader: boolean;
-  draining: boolean;
-  moving: boolean;
-  term: number;
-  /** Leader: head sequence. Follower: applied sequence. As of the last announcement. */
-  seq: number;
-  historyId: string;
-  keys: number;
+/** What a node last announced about itself (see the datagram fields), and when we heard it. */
+export type Member = Omit<Announcement, "type" | "cluster"> & {
   /** Clock time the node was last heard from (for self: now). */
   lastSeenMs: number;
-}
+};
 
 export type Observation = "new" | "updated" | "left" | "ignored" | "full";
 
@@ -58,21 +46,8 @@ export class Membership {
     if (!known)
       for (const m of this.members.values())
         if (m.nodeId !== this.self.nodeId && m.host === a.host && m.clusterPort === a.clusterPort) this.members.delete(m.nodeId);
-    this.members.set(a.nodeId, {
-      nodeId: a.nodeId,
-      host: a.host,
-      clusterPort: a.clusterPort,
-      apiPort: a.apiPort,
-      group: a.group,
-      leader: a.leader,
-      draining: a.draining,
-      moving: a.moving,
-      term: a.term,
-      seq: a.seq,
-      historyId: a.historyId,
-      keys: a.keys,
-      lastSeenMs: nowMs,
-    });
+    const { type: _type, cluster: _cluster, ...fields } = a;
+    this.members.set(a.nodeId, { ...fields, lastSeenMs: nowMs });
     return known ? "updated" : "new";
   }
 
