@@ -16,9 +16,16 @@ export type Observation = "new" | "updated" | "left" | "ignored" | "full";
 
 export class Membership {
   private readonly members = new Map<string, Member>();
+  /**
+   * Groups on the ring, and whether each was last heard draining. A group stays here when its
+   * nodes fall silent (its keys answer 503 rather than move to groups that would later be
+   * overruled by its older copies); it leaves only when its last member goes after draining.
+   */
+  private readonly ringed = new Map<number, { draining: boolean }>();
 
   constructor(private self: Member) {
     this.members.set(self.nodeId, self);
+    this.ringed.set(self.group, { draining: self.draining });
   }
 
   get selfId(): string {
@@ -29,6 +36,37 @@ export class Membership {
   updateSelf(patch: Partial<Omit<Member, "nodeId">>): void {
     this.self = { ...this.self, ...patch };
     this.members.set(this.self.nodeId, this.self);
+    this.noteGroup(this.self);
+  }
+
+  /** A group drains when its leader says so; its followers' announcements do not change that. */
+  private noteGroup(m: Member): void {
+    const g = this.ringed.get(m.group);
+    if (!g) this.ringed.set(m.group, { draining: m.leader && m.draining });
+    else if (m.leader) g.draining = m.draining;
+  }
+
+  /** A member went away: its group leaves the ring only if it was draining and nobody is left. */
+  private forget(m: Member): void {
+    this.members.delete(m.nodeId);
+    const g = this.ringed.get(m.group);
+    if (g?.draining && ![...this.members.values()].some((x) => x.group === m.group)) this.ringed.delete(m.group);
+  }
+
+  /** Groups the ring is built from: every group on it, minus those draining (unless all are). */
+  ringGroups(): number[] {
+    const all = [...this.ringed.keys()];
+    const live = all.filter((g) => !this.ringed.get(g)!.draining);
+    return (live.length > 0 ? live : all).sort((a, b) => a - b);
+  }
+
+  /** Groups known to this node: with live members, or silent but still on the ring. */
+  knownGroups(): number[] {
+    return [...new Set([...this.ringed.keys(), ...this.groups()])].sort((a, b) => a - b);
+  }
+
+  isDraining(group: number): boolean {
+    return this.ringed.get(group)?.draining ?? false;
   }
 
   getSelf(): Member {
@@ -38,7 +76,12 @@ export class Membership {
   /** Take in one decoded datagram heard at `nowMs`. */
   observe(a: Announcement, nowMs: number): Observation {
     if (a.nodeId === this.self.nodeId) return "ignored";
-    if (a.type === DatagramType.Leave) return this.members.delete(a.nodeId) ? "left" : "ignored";
+    if (a.type === DatagramType.Leave) {
+      const m = this.members.get(a.nodeId);
+      if (!m) return "ignored";
+      this.forget(m);
+      return "left";
+    }
     const known = this.members.get(a.nodeId);
     if (!known && this.members.size >= limits.peersMax) return "full";
     // A node restarted on the same address comes back under a new id: forget the old one now
@@ -47,7 +90,9 @@ export class Membership {
       for (const m of this.members.values())
         if (m.nodeId !== this.self.nodeId && m.host === a.host && m.clusterPort === a.clusterPort) this.members.delete(m.nodeId);
     const { type: _type, cluster: _cluster, ...fields } = a;
-    this.members.set(a.nodeId, { ...fields, lastSeenMs: nowMs });
+    const member = { ...fields, lastSeenMs: nowMs };
+    this.members.set(a.nodeId, member);
+    this.noteGroup(member);
     return known ? "updated" : "new";
   }
 
@@ -56,7 +101,7 @@ export class Membership {
     const gone: Member[] = [];
     for (const m of this.members.values())
       if (m.nodeId !== this.self.nodeId && nowMs - m.lastSeenMs > staleMs) {
-        this.members.delete(m.nodeId);
+        this.forget(m);
         gone.push(m);
       }
     return gone;

@@ -8,7 +8,7 @@ import { createApi } from "../api/app.ts";
 import type { ClusterReply, HealthReply } from "../api/schemas.ts";
 import type { KeysPage, KeysQuery, KvService, Reply } from "../api/service.ts";
 import { forward } from "../routing/forward.ts";
-import { HOPS_MAX, type RequestContext, RingCache, type RoutingView, ringGroups, routeRead, routeWrite } from "../routing/router.ts";
+import { HOPS_MAX, type RequestContext, RingCache, type RoutingView, routeRead, routeWrite } from "../routing/router.ts";
 import { Mover } from "./mover.ts";
 import { Discovery } from "../discovery/udp.ts";
 import { type Member, Membership } from "../discovery/membership.ts";
@@ -274,7 +274,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
 
   // --- routing: any node serves any key (src/routing)
   const rings = new RingCache();
-  const currentRing = () => rings.get(ringGroups(membership.list()), now());
+  const currentRing = () => rings.get(membership.ringGroups(), now());
   const routing: RoutingView = {
     selfId: nodeId,
     selfGroup: config.group,
@@ -345,7 +345,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     const limit = q.limit ?? 1000;
     const qs = `scope=node&prefix=${enc(q.prefix)}&limit=${limit}${q.cursor !== undefined ? `&cursor=${enc(q.cursor)}` : ""}`;
     const pages = await Promise.all(
-      membership.groups().map(async (g): Promise<KeysPage> => {
+      membership.knownGroups().map(async (g): Promise<KeysPage> => {
         if (g === config.group) return localKeys({ ...q, limit });
         const m = membership.leaderOf(g) ?? routing.membersOf(g)[0];
         if (!m) throw new UnavailableError(`Cannot list keys: no member of group ${g} is known`, g);
@@ -436,7 +436,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         if (!to) throw new UnavailableError(`Cannot drain group ${config.group}: no leader known`, config.group);
         return forward(to, "POST", "/admin/drain", undefined, { hops: ctx.hops, group: config.group });
       }
-      const others = membership.groups().filter((g) => g !== config.group && !membership.list().some((m) => m.group === g && m.draining));
+      const others = membership.ringGroups().filter((g) => g !== config.group && !membership.isDraining(g));
       if (others.length === 0) throw new UnavailableError(`Cannot drain group ${config.group}: no other group to take its keys`, config.group);
       if (!mover!.draining) {
         mover!.draining = true;
@@ -518,7 +518,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         last_seen_ms_ago: m.nodeId === nodeId ? 0 : Math.max(0, Math.round(t - m.lastSeenMs)),
       })),
       node_count: members.length,
-      groups: membership.groups().map((g) => {
+      groups: membership.knownGroups().map((g) => {
         const ms = members.filter((m) => m.group === g);
         const lead = membership.leaderOf(g);
         return {
@@ -527,7 +527,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
           members: ms.map((m) => m.nodeId),
           ring_share: Math.round((shares.get(g) ?? 0) * 1e6) / 1e6,
           keys: lead ? (lead.nodeId === nodeId ? store.size : lead.keys) : Math.max(0, ...ms.map((m) => m.keys)),
-          draining: ms.some((m) => m.draining),
+          draining: membership.isDraining(g),
           moving: ms.some((m) => m.moving),
         };
       }),

@@ -1,7 +1,8 @@
 /**
  * Where a request for a key goes. Pure: it reads the ring and the membership it is given.
  *
- * The owner of a key is its group on the ring of live, non-draining groups. A write or delete is
+ * The owner of a key is its group on the ring of the membership's groups minus draining ones
+ * (Membership.ringGroups). A write or delete is
  * served by the owner group's leader; a read by this node when it is in the owner group, else by
  * the owner's leader (or any member of the owner when the request accepts a replica's copy).
  *
@@ -36,18 +37,6 @@ export type Route =
   | { kind: "unavailable"; group: number; why: string };
 
 export const HOPS_MAX = 3;
-
-/** Groups the ring is built from: members' groups, minus the ones draining (unless all are). */
-export function ringGroups(members: readonly Pick<Member, "group" | "draining">[]): number[] {
-  const all = new Set<number>();
-  const draining = new Set<number>();
-  for (const m of members) {
-    all.add(m.group);
-    if (m.draining) draining.add(m.group);
-  }
-  const live = [...all].filter((g) => !draining.has(g));
-  return (live.length > 0 ? live : [...all]).sort((a, b) => a - b);
-}
 
 export function ownerGroup(key: string, ring: HashRing, ctx: RequestContext, selfGroup: number): number {
   return ctx.targetGroup ?? ring.ownerOf(key) ?? selfGroup;

@@ -223,3 +223,41 @@ describe("Membership", () => {
     expect(m.observe(ann({ nodeId: "now-fits", host: "10.2.0.1", clusterPort: 1 }), 4)).toBe("new");
   });
 });
+
+describe("the groups on the ring", () => {
+  test("a group whose nodes all fall silent stays on the ring, so its keys are not re-owned", () => {
+    const m = new Membership(self);
+    m.observe(ann({ nodeId: "g1-leader", group: 1, leader: true }), 0);
+    m.observe(ann({ nodeId: "g1-follower", group: 1 }), 0);
+    expect(m.ringGroups()).toEqual([0, 1]);
+    m.sweep(10_000, 1_000);
+    expect(m.groups()).toEqual([0]);
+    expect(m.ringGroups()).toEqual([0, 1]);
+    expect(m.knownGroups()).toEqual([0, 1]);
+  });
+
+  test("a draining group leaves the ring at once and is forgotten when its last member goes", () => {
+    const m = new Membership(self);
+    const leader = ann({ nodeId: "g2-leader", group: 2, leader: true });
+    const follower = ann({ nodeId: "g2-follower", group: 2 });
+    m.observe(leader, 0);
+    m.observe(follower, 0);
+    m.observe({ ...leader, draining: true }, 1);
+    // A follower's announcement (draining: false) does not undo its leader's drain.
+    m.observe({ ...follower, seq: 9 }, 2);
+    expect(m.isDraining(2)).toBe(true);
+    expect(m.ringGroups()).toEqual([0]);
+    m.observe({ ...leader, type: DatagramType.Leave }, 3);
+    expect(m.knownGroups()).toEqual([0, 2]);
+    m.observe({ ...follower, type: DatagramType.Leave }, 4);
+    expect(m.knownGroups()).toEqual([0]);
+    // The same group id may come back later as new capacity.
+    m.observe(ann({ nodeId: "g2-new", group: 2, leader: true }), 5);
+    expect(m.ringGroups()).toEqual([0, 2]);
+  });
+
+  test("when every group is draining, the ring keeps them all rather than none", () => {
+    const m = new Membership({ ...self, leader: true, draining: true });
+    expect(m.ringGroups()).toEqual([0]);
+  });
+});
