@@ -22,6 +22,8 @@ export class Membership {
    * overruled by its older copies); it leaves only when its last member goes after draining.
    */
   private readonly ringed = new Map<number, { draining: boolean }>();
+  /** Bumped whenever the ring's groups may have changed: callers cache the ring by it. */
+  ringVersion = 0;
 
   constructor(private self: Member) {
     this.members.set(self.nodeId, self);
@@ -42,15 +44,23 @@ export class Membership {
   /** A group drains when its leader says so; its followers' announcements do not change that. */
   private noteGroup(m: Member): void {
     const g = this.ringed.get(m.group);
-    if (!g) this.ringed.set(m.group, { draining: m.leader && m.draining });
-    else if (m.leader) g.draining = m.draining;
+    if (!g) {
+      this.ringed.set(m.group, { draining: m.leader && m.draining });
+      this.ringVersion++;
+    } else if (m.leader && g.draining !== m.draining) {
+      g.draining = m.draining;
+      this.ringVersion++;
+    }
   }
 
   /** A member went away: its group leaves the ring only if it was draining and nobody is left. */
   private forget(m: Member): void {
     this.members.delete(m.nodeId);
     const g = this.ringed.get(m.group);
-    if (g?.draining && ![...this.members.values()].some((x) => x.group === m.group)) this.ringed.delete(m.group);
+    if (g?.draining && ![...this.members.values()].some((x) => x.group === m.group)) {
+      this.ringed.delete(m.group);
+      this.ringVersion++;
+    }
   }
 
   /** Groups the ring is built from: every group on it, minus those draining (unless all are). */

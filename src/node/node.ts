@@ -273,8 +273,9 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   };
 
   // --- routing: any node serves any key (src/routing)
-  const rings = new RingCache();
-  const currentRing = () => rings.get(membership.ringGroups(), now());
+  // Bun's native murmur3 (same values as src/ring/hash.ts for well-formed strings; keys are checked).
+  const rings = new RingCache((s) => Bun.hash.murmur32v3(s));
+  const currentRing = () => rings.get(membership.ringVersion, () => membership.ringGroups(), now());
   const routing: RoutingView = {
     selfId: nodeId,
     selfGroup: config.group,

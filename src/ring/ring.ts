@@ -17,13 +17,21 @@ export class HashRing {
   private readonly owners: Int32Array;
   readonly groups: readonly number[];
 
-  constructor(groups: Iterable<number>, readonly vnodes = DEFAULT_VNODES) {
+  /**
+   * `hash` must compute murmur3 as defined above (a native implementation may be passed in; the
+   * unit tests check Bun.hash.murmur32v3 gives the same values).
+   */
+  constructor(
+    groups: Iterable<number>,
+    readonly vnodes = DEFAULT_VNODES,
+    private readonly hash: (s: string) => number = murmur3,
+  ) {
     assert(Number.isInteger(vnodes) && vnodes > 0, "vnodes must be a positive integer");
     this.groups = [...new Set(groups)].sort((a, b) => a - b);
     const pts: { h: number; g: number }[] = [];
     for (const g of this.groups) {
       assert(Number.isInteger(g) && g >= 0, `group must be a non-negative integer, got ${g}`);
-      for (let i = 0; i < vnodes; i++) pts.push({ h: murmur3(`${g}#${i}`), g });
+      for (let i = 0; i < vnodes; i++) pts.push({ h: this.hash(`${g}#${i}`) >>> 0, g });
     }
     pts.sort((a, b) => a.h - b.h || a.g - b.g);
     this.points = Uint32Array.from(pts, (p) => p.h);
@@ -36,7 +44,7 @@ export class HashRing {
 
   /** The group owning `key`, or undefined on an empty ring. */
   ownerOf(key: string): number | undefined {
-    return this.ownerOfHash(murmur3(key));
+    return this.ownerOfHash(this.hash(key) >>> 0);
   }
 
   ownerOfHash(h: number): number | undefined {

@@ -72,22 +72,29 @@ function hashCode(s: string): number {
 
 /** A ring cached per set of groups: rebuilt only when the groups change. */
 export class RingCache {
+  private version = -1;
   private key = "";
-  private ring = new HashRing([]);
+  private ring: HashRing;
   private previous: HashRing | null = null;
   changedAtMs = 0;
 
-  constructor(private readonly vnodes?: number) {}
+  constructor(private readonly hash?: (s: string) => number) {
+    this.ring = new HashRing([], undefined, hash);
+  }
 
-  get(groups: readonly number[], nowMs: number): HashRing {
-    const key = groups.join(",");
+  /** The ring of `groups()`, recomputed only when `version` moved and the groups really changed. */
+  get(version: number, groups: () => readonly number[], nowMs: number): HashRing {
+    if (version === this.version) return this.ring;
+    this.version = version;
+    const gs = groups();
+    const key = gs.join(",");
     if (key !== this.key) {
       if (this.key !== "") {
         this.previous = this.ring;
         this.changedAtMs = nowMs;
       }
       this.key = key;
-      this.ring = new HashRing(groups, this.vnodes);
+      this.ring = new HashRing(gs, undefined, this.hash);
     }
     return this.ring;
   }

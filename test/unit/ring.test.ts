@@ -256,3 +256,22 @@ describe("HashRing", () => {
     );
   });
 });
+
+describe("the native hash the node uses", () => {
+  test("Bun.hash.murmur32v3 equals murmur3 for any well-formed string (the node hashes keys with it)", () => {
+    fc.assert(
+      fc.property(fc.string({ unit: "grapheme", maxLength: 80 }), (s) => {
+        expect(Bun.hash.murmur32v3(s) >>> 0).toBe(murmur3(s));
+      }),
+      { numRuns: 3000 },
+    );
+    for (const s of ["", "user:42", "ключ", "鍵|\n\u0000", "😀😀", "a".repeat(1024)]) expect(Bun.hash.murmur32v3(s) >>> 0).toBe(murmur3(s));
+  });
+
+  test("a ring built with the native hash gives every key the same owner as the reference ring", () => {
+    const groups = [0, 1, 2, 3, 4];
+    const native = new HashRing(groups, 150, (s) => Bun.hash.murmur32v3(s));
+    const reference = new HashRing(groups);
+    for (let i = 0; i < 5000; i++) expect(native.ownerOf(`key-${i}-é`)).toBe(reference.ownerOf(`key-${i}-é`));
+  });
+});
