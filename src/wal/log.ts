@@ -57,7 +57,7 @@ export class LogWriter {
   private queuedSinceMs = 0;
   private flushing = false;
   private inflight: Promise<void> = Promise.resolve();
-  private timer: ReturnType<typeof setTimeout> | null = null;
+  private scheduled = false;
   private nextPath: string | null = null;
   private closed = false;
   durableSeq: number;
@@ -94,16 +94,30 @@ export class LogWriter {
     this.nextPath = path;
   }
 
+  /**
+   * Schedule the next flush. always/never: after this event-loop turn (setImmediate: Bun's
+   * setTimeout(0) costs about a millisecond). batch: the window opens with the oldest queued
+   * record and closes after -fsync-ms, or earlier, at the first turn in which no record arrived
+   * (with closed-loop clients every writer is already in the batch: waiting would only add
+   * latency), or when the batch reaches 1 MiB.
+   */
   private kick(): void {
-    if (this.flushing || this.timer || this.queue.length === 0 || this.closed) return;
-    // batch: the window is counted from the oldest queued record (records that gathered during
-    // the previous flush have waited already), and a full batch goes at once.
-    const waited = performance.now() - this.queuedSinceMs;
-    const wait = this.o.mode === "batch" && this.queuedBytes < BATCH_BYTES_MAX ? Math.max(0, this.o.fsyncMs - waited) : 0;
-    this.timer = setTimeout(() => {
-      this.timer = null;
+    if (this.flushing || this.scheduled || this.queue.length === 0 || this.closed) return;
+    this.scheduled = true;
+    let seen = -1;
+    const check = () => {
+      if (this.closed) return void (this.scheduled = false);
+      const waited = performance.now() - this.queuedSinceMs;
+      const ripe = this.o.mode !== "batch" || this.queue.length === seen || waited >= this.o.fsyncMs || this.queuedBytes >= BATCH_BYTES_MAX;
+      if (!ripe) {
+        seen = this.queue.length;
+        setImmediate(check);
+        return;
+      }
+      this.scheduled = false;
       this.inflight = this.flush();
-    }, wait);
+    };
+    setImmediate(check);
   }
 
   private async flush(): Promise<void> {
@@ -157,11 +171,7 @@ export class LogWriter {
 
   /** Flush what is queued and close the file. */
   async close(): Promise<void> {
-    this.closed = true; // no new timers: what is queued is flushed here
-    if (this.timer) {
-      clearTimeout(this.timer);
-      this.timer = null;
-    }
+    this.closed = true; // no new flushes scheduled: what is queued is flushed here
     await this.inflight;
     if (this.queue.length > 0) await this.flush();
     await this.fh.close();

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
-import { crc32 } from "../../src/lib/crc32.ts";
+import { crc32, crc32Table } from "../../src/lib/crc32.ts";
 import { limits } from "../../src/lib/limits.ts";
 import { isWellFormed, utf8Length } from "../../src/lib/utf8.ts";
 import {
@@ -497,6 +497,19 @@ describe("discovery datagrams", () => {
 // --- byte helpers the codecs rely on -----------------------------------------------------------
 
 describe("crc32 and utf8Length", () => {
+  test("the native crc32 equals the portable table version on random bytes and ranges", () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 5000 }), fc.nat(), fc.nat(), (bytes, a, b) => {
+        const start = bytes.length ? a % bytes.length : 0;
+        const end = bytes.length ? start + (b % (bytes.length - start + 1)) : 0;
+        expect(crc32(bytes)).toBe(crc32Table(bytes));
+        expect(crc32(bytes, start, end)).toBe(crc32Table(bytes, start, end));
+      }),
+      { numRuns: 500 },
+    );
+    expect(crc32Table(new TextEncoder().encode("123456789"))).toBe(0xcbf43926);
+  });
+
   test("crc32 gives the standard check value and 0 for no bytes", () => {
     expect(crc32(new TextEncoder().encode("123456789"))).toBe(0xcbf43926);
     expect(crc32(new Uint8Array(0))).toBe(0);
