@@ -1,0 +1,143 @@
+/**
+ * Memory per key. A lone in-memory leader is filled with 1,000,000 keys of 100-byte values
+ * (100,000 with --quick) by POST /set with 64 connections until /health says it holds them all;
+ * its resident memory (VmRSS of /proc/<pid>/status) is read before and after:
+ * bytes per key = (RSS after - RSS before) / keys.
+ *
+ * Two nodes: one with the default -history-entries (the leader also keeps its last 200,000 writes,
+ * at most 64 MiB, to catch followers up) and one with -history-entries 1000, to tell that apart.
+ *
+ * Lower bound (and baseline for the ratios): the Store class alone, filled with the same keys in a
+ * child process (values parsed from JSON bodies, as the node gets them): heapUsed and RSS deltas.
+ */
+import type { BenchContext } from "./context.ts";
+import { fmt, fmtRatio, printTable, ratio } from "./load.ts";
+import { preload } from "./cluster.ts";
+import { TestCluster } from "../test/support/cluster.ts";
+import { Store } from "../src/store/store.ts";
+
+const VALUE_BYTES = 100;
+const MB = 1024 * 1024;
+
+async function procStatus(pid: number): Promise<{ rss: number; hwm: number }> {
+  const s = await Bun.file(`/proc/${pid}/status`).text();
+  const kb = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(s)?.[1] ?? NaN) * 1024;
+  return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
+}
+
+interface StoreMem {
+  keys: number;
+  heap_used_before: number;
+  heap_used_after: number;
+  rss_before: number;
+  rss_after: number;
+  heap_bytes_per_key: number;
+  rss_bytes_per_key: number;
+  fill_s: number;
+}
+
+/** In the child: fill a Store with `keys` keys and report memory. */
+async function storeChild(keys: number): Promise<void> {
+  const value = "v".repeat(VALUE_BYTES);
+  Bun.gc(true);
+  const m0 = process.memoryUsage();
+  const store = new Store();
+  const t0 = performance.now();
+  for (let i = 1; i <= keys; i++) {
+    // The node parses each body: key and value are fresh flat strings, not shared or ropes.
+    const b = JSON.parse(`{"key":"k${i}","value":"${value}"}`) as { key: string; value: string };
+    store.set(b.key, b.value, i);
+  }
+  const fillS = (performance.now() - t0) / 1000;
+  Bun.gc(true);
+  const m1 = process.memoryUsage();
+  if (store.size !== keys) throw new Error("store size mismatch");
+  const out: StoreMem = {
+    keys,
+    heap_used_before: m0.heapUsed,
+    heap_used_after: m1.heapUsed,
+    rss_before: m0.rss,
+    rss_after: m1.rss,
+    heap_bytes_per_key: Math.round((m1.heapUsed - m0.heapUsed) / keys),
+    rss_bytes_per_key: Math.round((m1.rss - m0.rss) / keys),
+    fill_s: Math.round(fillS * 100) / 100,
+  };
+  process.stdout.write(`KVBENCH ${JSON.stringify(out)}\n`);
+}
+
+async function storeAlone(keys: number): Promise<StoreMem> {
+  const proc = Bun.spawn([process.execPath, import.meta.path, "--store-child", String(keys)], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  try {
+    const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    const m = /^KVBENCH (\{.*\})$/m.exec(out);
+    if (!m) throw new Error(`store child exited ${code}: ${err}`);
+    return JSON.parse(m[1]!) as StoreMem;
+  } finally {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+    await proc.exited;
+  }
+}
+
+async function nodeMemory(keys: number, extra: string[]) {
+  const c = await TestCluster.create();
+  try {
+    const node = await c.start({ leader: true, inMemory: true, extra });
+    await node.health(); // the API has answered once
+    await Bun.sleep(500);
+    const before = await procStatus(node.proc.pid);
+    const t0 = performance.now();
+    const load = await preload(node, keys, "k", 900);
+    const fillS = (performance.now() - t0) / 1000;
+    await Bun.sleep(1000);
+    const after = await procStatus(node.proc.pid);
+    const health = await node.health();
+    return {
+      flags: extra.join(" ") || "(defaults)",
+      keys: health.keys as number,
+      rss_before: before.rss,
+      rss_after: after.rss,
+      rss_peak: after.hwm,
+      bytes_per_key: Math.round((after.rss - before.rss) / keys),
+      fill_s: Math.round(fillS * 10) / 10,
+      fill_rps: Math.round(load.rps),
+      errors: load.errors,
+      non2xx: load.non2xx,
+    };
+  } finally {
+    await c[Symbol.asyncDispose]();
+  }
+}
+
+export async function run(ctx: BenchContext): Promise<unknown> {
+  const keys = ctx.quick ? 100_000 : 1_000_000;
+  const store = await storeAlone(keys);
+  const nodes = [await nodeMemory(keys, []), await nodeMemory(keys, ["-history-entries", "1000"])];
+
+  console.log(`\nresident memory for ${keys.toLocaleString("en-US")} keys of ${VALUE_BYTES}-byte values (ratios: vs the Store alone, RSS delta)`);
+  printTable(
+    ["what", "RSS before MiB", "RSS after MiB", "peak MiB", "bytes/key", "vs Store alone", "fill s", "fill req/s"],
+    [
+      ["Store alone (in a child), heapUsed", fmt(store.heap_used_before / MB, 1), fmt(store.heap_used_after / MB, 1), "", String(store.heap_bytes_per_key), "", fmt(store.fill_s, 2), ""],
+      ["Store alone (in a child), RSS", fmt(store.rss_before / MB, 1), fmt(store.rss_after / MB, 1), "", String(store.rss_bytes_per_key), "1.00x", fmt(store.fill_s, 2), ""],
+      ...nodes.map((n) => [
+        `kvnode -leader -in-memory ${n.flags}`,
+        fmt(n.rss_before / MB, 1),
+        fmt(n.rss_after / MB, 1),
+        fmt(n.rss_peak / MB, 1),
+        String(n.bytes_per_key),
+        fmtRatio(ratio(n.bytes_per_key, store.rss_bytes_per_key)),
+        fmt(n.fill_s, 1),
+        fmt(n.fill_rps, 0),
+      ]),
+    ],
+  );
+  for (const n of nodes) if (n.errors > 0 || n.non2xx > 0) console.log(`WARNING: ${n.flags}: ${n.errors} socket errors, ${n.non2xx} non-2xx answers while filling`);
+  return {
+    keys,
+    value_bytes: VALUE_BYTES,
+    store_alone: store,
+    nodes: nodes.map((n) => ({ ...n, vs_store_alone_rss: ratio(n.bytes_per_key, store.rss_bytes_per_key) })),
+  };
+}
+
+if (import.meta.main && process.argv[2] === "--store-child") await storeChild(Number(process.argv[3]));
