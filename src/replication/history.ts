@@ -5,6 +5,13 @@
  */
 import { assert } from "../lib/assert.ts";
 
+/**
+ * What one entry costs beyond its frame bytes (the Buffer object and its slot, a time and a term
+ * in their arrays), so the byte bound is a bound on memory, not on payload. Measured roughly with
+ * bench/memory.ts: ~340 bytes held per 141-byte frame.
+ */
+export const HISTORY_ENTRY_OVERHEAD_BYTES = 200;
+
 export class History {
   private frames: Uint8Array[] = [];
   private times: number[] = [];
@@ -20,6 +27,8 @@ export class History {
     /** Sequence the history starts after (the store's state before it), and that entry's term. */
     startAfter = 0,
     private baseTerm = 0,
+    /** Bytes counted per entry on top of its frame (the leader passes HISTORY_ENTRY_OVERHEAD_BYTES). */
+    private readonly entryOverheadBytes = 0,
   ) {
     this.first = startAfter + 1;
   }
@@ -45,9 +54,9 @@ export class History {
     this.frames.push(frame);
     this.times.push(timeMs);
     this.terms.push(term);
-    this.bytes += frame.length;
+    this.bytes += frame.length + this.entryOverheadBytes;
     while (this.length > 1 && (this.length > this.entriesMax || this.bytes > this.bytesMax)) {
-      this.bytes -= this.frames[this.head]!.length;
+      this.bytes -= this.frames[this.head]!.length + this.entryOverheadBytes;
       this.baseTerm = this.terms[this.head]!;
       this.head++;
       this.first++;

@@ -16,7 +16,7 @@ import { limits } from "../lib/limits.ts";
 import { utf8Length } from "../lib/utf8.ts";
 import { type Frame, FrameType, WelcomeMode, encodeFrame, type SnapshotEntry } from "../protocol/frame.ts";
 import type { Entry, Store } from "../store/store.ts";
-import { History } from "./history.ts";
+import { HISTORY_ENTRY_OVERHEAD_BYTES, History } from "./history.ts";
 import type { Outbox } from "./outbox.ts";
 
 export interface FollowerLink {
@@ -106,7 +106,7 @@ export class Leader {
 
   constructor(private readonly o: LeaderOptions) {
     this.seq = this.applied = o.start?.seq ?? 0;
-    this.history = new History(o.historyEntries, limits.historyBytesMax, this.seq, o.start?.term ?? 0);
+    this.history = new History(o.historyEntries, limits.historyBytesMax, this.seq, o.start?.term ?? 0, HISTORY_ENTRY_OVERHEAD_BYTES);
   }
 
   /** Put an entry recovered from the log back into the catch-up history (at start-up). */
