@@ -10,6 +10,7 @@
  * named after this run and removed in afterAll, when setup fails, and at process exit.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { rmSync } from "node:fs";
 import { type NodeProc, TestCluster } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
 
@@ -153,6 +154,7 @@ class Lab {
     const c = this.cluster;
     this.cluster = null;
     if (c) await Promise.all(c.nodes.map((n) => Promise.race([n.kill9(), new Promise((r) => setTimeout(r, 5_000))])));
+    if (c) rmSync(c.dir, { recursive: true, force: true }); // the nodes' data dirs
     this.tearDownSync();
   }
 
