@@ -6,6 +6,8 @@
  *   3-node group     in-memory leader + 2 followers, 10k keys preloaded: GET, SET (with the
  *                    followers' replication lag sampled every ~20 ms), 90/10 GET/SET mix
  *   single node      the leader alone (no followers), same keys: GET, SET
+ *   forwarding       2 groups, group 1 drained: the same GET/SET load on group 0's leader (owner)
+ *                    and on group 1's node (every request forwarded), as a ratio of the two
  *
  * Load: 64 connections, 10 s a run (3 s with --quick), after a 1 s warm-up per server. Each kvnode
  * run is bracketed by 3 s (1 s) of the same load on the bare server, which stays up idle in its own
@@ -15,6 +17,7 @@
 import type { BenchContext } from "./context.ts";
 import { type LoadOptions, type LoadResult, fmt, fmtRatio, load, loadTool, percentile, printTable, ratio, startBareServer } from "./load.ts";
 import { type NodeProc, TestCluster } from "../test/support/cluster.ts";
+import { waitFor } from "../test/support/wait.ts";
 
 const CONNECTIONS = 64;
 const PRELOAD_KEYS = 10_000;
@@ -191,6 +194,26 @@ export async function run(ctx: BenchContext): Promise<unknown> {
     } finally {
       await c1[Symbol.asyncDispose]();
     }
+
+    // --- forwarding: two groups, group 1 drained so group 0 owns every key; the same load sent
+    // to group 0's leader (the owner) and to group 1's node (every request forwarded to it).
+    const c2 = await TestCluster.create();
+    try {
+      const owner = await c2.start({ leader: true, group: 0, inMemory: true });
+      const other = await c2.start({ leader: true, group: 1, inMemory: true });
+      await c2.awaitMembership([owner, other], 2);
+      const drained = await other.request("/admin/drain", { method: "POST" });
+      if (drained.status !== 200) throw new Error(`drain failed: ${JSON.stringify(drained.body)}`);
+      await waitFor("group 1 to leave the ring", async () => (await other.cluster()).groups.every((g: any) => g.group_id === 0 || g.ring_share === 0));
+      await preload(owner, PRELOAD_KEYS);
+      await load(shape("get", other.url, warmS, runId));
+      await measure("2 groups: GET on the owner", "get", owner.url);
+      await measure("2 groups: GET on a non-owner (forwarded)", "get", other.url);
+      await measure("2 groups: SET on the owner", "set", owner.url);
+      await measure("2 groups: SET on a non-owner (forwarded)", "set", other.url);
+    } finally {
+      await c2[Symbol.asyncDispose]();
+    }
   } finally {
     await srv.stop();
   }
@@ -214,8 +237,14 @@ export async function run(ctx: BenchContext): Promise<unknown> {
   const sg = rows.find((x) => x.name === "single node: GET")!;
   const ss = rows.find((x) => x.name === "single node: SET")!;
   console.log(`single-node GET vs bare Bun.serve: ${fmtRatio(sg.vs_bare.rps)} the requests/s, p99 ${fmtRatio(sg.vs_bare.p99)}; single-node SET vs bare POST: ${fmtRatio(ss.vs_bare.rps)} the requests/s`);
+  const row = (n: string) => rows.find((x) => x.name === n)!;
+  const forwarding = {
+    get: ratio(row("2 groups: GET on a non-owner (forwarded)").rps, row("2 groups: GET on the owner").rps),
+    set: ratio(row("2 groups: SET on a non-owner (forwarded)").rps, row("2 groups: SET on the owner").rps),
+  };
+  console.log(`forwarded / owner requests/s (same run): GET ${fmtRatio(forwarding.get)}, SET ${fmtRatio(forwarding.set)} (aim: 0.6 or more)`);
   for (const x of rows) if (x.bare.spread !== null && x.bare.spread > 1.15) console.log(`NOTE: ${x.name}: the bare server's req/s moved ${fmtRatio(x.bare.spread)} around this run: the machine was busy, take its ratios with care`);
   for (const x of rows) if (x.errors > 0 || x.non2xx > 0) console.log(`WARNING: ${x.name}: ${x.errors} socket errors, ${x.non2xx} non-2xx answers`);
 
-  return { tool, connections: CONNECTIONS, duration_s: durationS, bracket_s: bracketS, preload_keys: PRELOAD_KEYS, value_bytes: VALUE_BYTES, rows, replication };
+  return { tool, connections: CONNECTIONS, duration_s: durationS, bracket_s: bracketS, preload_keys: PRELOAD_KEYS, value_bytes: VALUE_BYTES, rows, replication, forwarding };
 }
