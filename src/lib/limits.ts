@@ -18,8 +18,7 @@ export const limits = {
   historyBytesMax: 64 * 1024 * 1024,
   /** Bytes queued to one follower's socket beyond which the pump waits for `drain`. */
   followerQueuedBytesMax: 4 * 1024 * 1024,
-  /** Forwarding: most hops a request may take between nodes before it is refused. */
-  forwardHopsMax: 2,
+  /** Forwarding: timeout of one forwarded request (the hop bound is HOPS_MAX in src/routing). */
   forwardTimeoutMs: 5_000,
   /** How long a follower that forwarded a write waits to apply it locally (read-your-writes). */
   forwardApplyWaitMs: 1_000,

@@ -274,7 +274,8 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
 
   // --- routing: any node serves any key (src/routing)
   // Bun's native murmur3 (same values as src/ring/hash.ts for well-formed strings; keys are checked).
-  const rings = new RingCache((s) => Bun.hash.murmur32v3(s));
+  const nativeHash = (s: string) => Bun.hash.murmur32v3(s);
+  const rings = new RingCache(nativeHash);
   const currentRing = () => rings.get(membership.ringVersion, () => membership.ringGroups(), now());
   const routing: RoutingView = {
     selfId: nodeId,
@@ -284,7 +285,20 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   };
   /** Keys may still be on their previous owner: some leader says it is moving, or the ring just changed. */
   const settleMs = 2 * config.heartbeatMs + 1000;
-  const rebalancing = () => rings.before !== null && (now() - rings.changedAtMs < settleMs || membership.list().some((m) => m.moving));
+  const startedMs = now();
+  // A node that just joined has no ring before its first one, but keys are on their way to it all the same.
+  const rebalancing = () => membership.list().some((m) => m.moving) || now() - (rings.before !== null ? rings.changedAtMs : startedMs) < settleMs;
+  /** Where a key this group owns was before this group joined: its owner on the ring without us. */
+  let withoutUsKey = "";
+  let withoutUs = new HashRing([], undefined, nativeHash);
+  const ownerWithoutUs = (key: string) => {
+    const gs = currentRing().groups.filter((g) => g !== config.group);
+    if (gs.join(",") !== withoutUsKey) {
+      withoutUsKey = gs.join(",");
+      withoutUs = new HashRing(gs, undefined, nativeHash);
+    }
+    return withoutUs.ownerOf(key);
+  };
   const mover = leader
     ? new Mover({
         group: config.group,
@@ -301,6 +315,10 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       })
     : null;
 
+  /** Requests wait for the start-up settle (below), so the first one already routes with every group. */
+  let isSettled = false;
+  let settle!: () => void;
+  const settled = new Promise<void>((r) => (settle = () => ((isSettled = true), r())));
   const notFound = (key: string): Reply => ({ status: 404, body: { error: "Key not found", key } });
   const enc = encodeURIComponent;
 
@@ -309,17 +327,22 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     const tries: [Member, number][] = [];
     const own = membership.leaderOf(config.group);
     if (!leader && own) tries.push([own, config.group]);
-    const prev = rings.before?.ownerOf(key);
-    if (prev !== undefined && prev !== config.group) {
+    for (const prev of new Set([rings.before?.ownerOf(key), ownerWithoutUs(key)])) {
+      if (prev === undefined || prev === config.group) continue;
       const m = membership.leaderOf(prev) ?? routing.membersOf(prev)[0];
       if (m) tries.push([m, prev]);
     }
+    // The key may move in while we ask the previous owner (it imports to us before it deletes):
+    // look here (or at our leader) once more last.
+    if (!leader && own) tries.push([own, config.group]);
     for (const [m, g] of tries) {
       try {
         const r = await forward(m, "GET", `/get?key=${enc(key)}`, undefined, { hops: ctx.hops, group: g, noFallback: true });
         if (r.status === 200) return r;
       } catch {}
     }
+    const e = store.get(key);
+    if (e) return { status: 200, body: { key, value: e.value!, version: e.version } };
     return notFound(key);
   };
 
@@ -393,17 +416,23 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     group: config.group,
     keyBytesMax: config.keyBytesMax,
     valueBytesMax: config.valueBytesMax,
-    get(key, ctx) {
+    get(key, ctx): Reply | Promise<Reply> {
+      if (!isSettled) return settled.then(() => service.get(key, ctx));
       const route = routeRead(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot read "${key.slice(0, 64)}": ${route.why}`, route.group);
       if (route.kind === "forward")
         return forward(route.to, "GET", `/get?key=${enc(key)}${ctx.anyReplica ? "&replica=any" : ""}`, undefined, { hops: ctx.hops, group: route.group });
+      // Named for our group by a node whose ring is behind ours: pass it on to the owner once.
+      const other = ctx.noFallback ? undefined : misdirected(key, ctx);
+      if (other) return forward(other.to, "GET", `/get?key=${enc(key)}${ctx.anyReplica ? "&replica=any" : ""}`, undefined, { hops: ctx.hops, group: other.group });
       const e = store.get(key);
       if (e) return { status: 200, body: { key, value: e.value!, version: e.version } };
-      if (!ctx.noFallback && rebalancing()) return fallbackRead(key, ctx);
+      // A tombstone here means the key was deleted here: a copy still on its previous owner is older.
+      if (!ctx.noFallback && rebalancing() && store.versionOf(key) === 0) return fallbackRead(key, ctx);
       return notFound(key);
     },
     async set(key, value, ctx) {
+      if (!isSettled) await settled;
       const route = routeWrite(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot write "${key.slice(0, 64)}": ${route.why}`, route.group);
       const body = JSON.stringify({ key, value });
@@ -415,6 +444,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       return { status: 200, body: { status: "ok", key, version: seq } };
     },
     async delete(key, ctx) {
+      if (!isSettled) await settled;
       const route = routeWrite(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot delete "${key.slice(0, 64)}": ${route.why}`, route.group);
       const path = `/delete?key=${enc(key)}`;
@@ -619,6 +649,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   // Peers answer a newcomer's first announcement within ~50 ms: give them that long, so the ring
   // this node routes with holds every group from its first request.
   await new Promise((r) => setTimeout(r, Math.min(START_SETTLE_MS, config.heartbeatMs)));
+  settle();
 
   const timers = [
     setInterval(() => void mover?.tick(), MOVER_TICK_MS),
