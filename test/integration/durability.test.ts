@@ -264,9 +264,8 @@ describe.skipIf(!hasStrace)("a failing fsync", () => {
           refused.push(`f${i}`);
         }
       }
-      expect(refused.length).toBeGreaterThan(0);
-      expect(acked.length).toBeGreaterThan(20);
-      expect(acked).toContain("f59"); // writes work again after the failures
+      const what = `acked ${acked.length} (last ${acked.at(-1)}), refused ${refused.join(",")}\n--- node log ---\n${n.log}`;
+      if (refused.length === 0 || acked.length <= 20 || !acked.includes("f59")) throw new Error(`fault injection did not go as planned: ${what}`);
       expect((await n.health()).status).toBe("healthy");
       for (const k of refused) expect((await n.get(k)).status).toBe(404);
 
