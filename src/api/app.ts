@@ -43,6 +43,23 @@ function statusOf(e: KvError): number {
   return 500;
 }
 
+/**
+ * Elysia hands over a query value it cannot percent-decode as the raw text, so a key sent as
+ * invalid UTF-8 (`?key=%ED%A0%80`) would be looked up as the literal "%ED%A0%80". Refuse it.
+ */
+function checkQueryEncoding(request: Request, key: string | undefined): void {
+  if (key === undefined || !key.includes("%")) return;
+  const q = request.url.indexOf("?");
+  for (const part of request.url.slice(q + 1).split("&")) {
+    if (!part.startsWith("key=")) continue;
+    try {
+      decodeURIComponent(part.slice(4).replace(/\+/g, " "));
+    } catch {
+      throw new BadRequestError("Key is not valid percent-encoded UTF-8");
+    }
+  }
+}
+
 function checkKey(s: KvService, key: string | undefined): string {
   if (key === undefined) throw new BadRequestError("Missing key: pass it as ?key=");
   if (key.length === 0) throw new BadRequestError("Key must not be empty");
@@ -195,6 +212,7 @@ export function createApi(s: KvService) {
     .get(
       "/get",
       ({ query, request, set }) => {
+        checkQueryEncoding(request, query.key);
         const key = checkKey(s, query.key);
         if (query.replica !== undefined && query.replica !== "any" && query.replica !== "leader")
           throw new BadRequestError(`Invalid replica "${query.replica}": use any or leader`);
@@ -215,6 +233,7 @@ export function createApi(s: KvService) {
     .delete(
       "/delete",
       async ({ query, request, set }) => {
+        checkQueryEncoding(request, query.key);
         const key = checkKey(s, query.key);
         return answer(await s.delete(key, contextOf(request)), set);
       },

@@ -475,3 +475,21 @@ describe("unicode", () => {
     await expectError(await del(key), 413);
   });
 });
+
+describe("keys in the query string", () => {
+  test("a key that is not valid percent-encoded UTF-8 is refused with 400, while a literal % (sent as %25) works", async () => {
+    const service = new MemoryService({ keyBytesMax: 64, valueBytesMax: 64 });
+    const app = createApi(service);
+    const call = (path: string, method = "GET") => app.handle(new Request(`http://localhost${path}`, { method }));
+    for (const [path, method] of [["/get?key=%ED%A0%80", "GET"], ["/delete?key=%E0%A4%A", "DELETE"], ["/get?key=%FF", "GET"]] as const) {
+      const r = await call(path, method);
+      expect(r.status).toBe(400);
+      expect(((await r.json()) as { error: string }).error).toMatch(/percent-encoded UTF-8/);
+    }
+    await service.set("100%ED", "v", { hops: 0 });
+    const ok = await call("/get?key=100%25ED");
+    expect(ok.status).toBe(200);
+    expect(await ok.json()).toMatchObject({ key: "100%ED", value: "v" });
+    expect((await call("/get?key=caf%C3%A9")).status).toBe(404);
+  });
+});
