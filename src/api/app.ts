@@ -149,7 +149,7 @@ export function createApi(s: KvService) {
             title: "kvnode",
             version: VERSION,
             description:
-              "Distributed key-value store for Bun. Writes and deletes sent to a follower are forwarded to its group's leader. Errors are JSON objects with an error field.",
+              "Distributed key-value store for Bun. Any node takes any key: requests go to the group that owns the key on the hash ring. Errors are JSON objects with an error field.",
           },
         },
       }),
