@@ -78,6 +78,15 @@ function checkValue(s: KvService, key: string, value: string): void {
 async function parseJsonBody(request: Request, limit: number): Promise<unknown> {
   const declared = Number(request.headers.get("content-length") ?? 0);
   if (declared > limit) throw new TooLargeError(`Request body is ${declared} bytes, limit is ${limit}`);
+  // With a declared length within the limit, parse natively from the bytes; without one (chunked),
+  // read the text first so an oversized body is refused before it is parsed.
+  if (request.headers.has("content-length")) {
+    try {
+      return await request.json();
+    } catch (e) {
+      throw new BadRequestError(`Malformed JSON body: ${(e as Error).message}`);
+    }
+  }
   const text = await request.text();
   if (text.length > limit) throw new TooLargeError(`Request body is over ${limit} bytes`);
   try {
