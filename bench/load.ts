@@ -65,6 +65,22 @@ export interface LoadResult {
   non2xx: number;
 }
 
+/** Poll `until` every 200 ms while the generator runs; on true, SIGINT it (it then prints its results). */
+async function stopWhen(until: () => Promise<boolean>, proc: { kill(signal: NodeJS.Signals): void }, finished: () => boolean): Promise<void> {
+  while (!finished()) {
+    await Bun.sleep(200);
+    if (finished()) return;
+    let hit = false;
+    try {
+      hit = await until();
+    } catch {}
+    if (hit && !finished()) {
+      proc.kill("SIGINT");
+      return;
+    }
+  }
+}
+
 let wrkPath: string | null | undefined;
 
 /** The load generator this machine has: wrk, else autocannon. */
@@ -201,23 +217,8 @@ async function wrk(o: LoadOptions): Promise<LoadResult> {
   let stopper: Promise<void> | null = null;
   let finished = false;
   try {
-    if (o.until) {
-      const until = o.until;
-      stopper = (async () => {
-        while (!finished) {
-          await Bun.sleep(200);
-          if (finished) return;
-          let hit = false;
-          try {
-            hit = await until();
-          } catch {}
-          if (hit && !finished) {
-            proc.kill("SIGINT"); // wrk stops, prints its results and runs done()
-            return;
-          }
-        }
-      })();
-    }
+    // wrk stops on SIGINT, prints its results and runs done()
+    if (o.until) stopper = stopWhen(o.until, proc, () => finished);
     const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
     finished = true;
     if (code !== 0 && !/Requests\/sec/.test(out)) throw new Error(`wrk exited ${code}: ${err || out}`);
@@ -251,23 +252,8 @@ async function autocannon(o: LoadOptions): Promise<LoadResult> {
   let finished = false;
   let stopper: Promise<void> | null = null;
   try {
-    if (o.until) {
-      const until = o.until;
-      stopper = (async () => {
-        while (!finished) {
-          await Bun.sleep(200);
-          if (finished) return;
-          let hit = false;
-          try {
-            hit = await until();
-          } catch {}
-          if (hit && !finished) {
-            proc.kill("SIGINT"); // the child stops autocannon and prints the result
-            return;
-          }
-        }
-      })();
-    }
+    // the child stops autocannon on SIGINT and prints the result
+    if (o.until) stopper = stopWhen(o.until, proc, () => finished);
     const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
     finished = true;
     const m = /^KVBENCH (\{.*\})$/m.exec(out);

@@ -11,18 +11,8 @@ import { GROUP_HEADER, HOPS_HEADER } from "../../src/routing/forward.ts";
 import { limits } from "../../src/lib/limits.ts";
 import { type NodeProc, TestCluster } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
+import { prng } from "../support/prng.ts";
 
-/** A small seeded PRNG (mulberry32): a failing run can be replayed with its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function seeded(name: string): { rand: () => number; pick: <T>(xs: readonly T[]) => T; seed: number } {
   const seed = Number(process.env.KVNODE_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));

@@ -17,6 +17,7 @@ import { type FsyncMode, LogWriter } from "../../src/wal/log.ts";
 import { encodeRecord, scanRecords } from "../../src/wal/record.ts";
 import { RecoveryError, recover } from "../../src/wal/recover.ts";
 import { writeSnapshot } from "../../src/wal/snapshot.ts";
+import { prng } from "../support/prng.ts";
 
 const FMAX = frameBytesMax(limits.keyBytesMax, limits.valueBytesMax);
 const H = "bbbb";
@@ -56,17 +57,6 @@ function flipBit(bytes: Uint8Array, bit: number): Buffer {
   return out;
 }
 
-/** A small deterministic PRNG, so the exhaustive tests always walk the same log. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const KEYS = ["a", "b", "c", "ключ", "😀", "nul\0key", "a|b\nc"];
 
