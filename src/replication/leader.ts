@@ -120,14 +120,6 @@ export class Leader {
     return this.applied;
   }
 
-  /** Writes proposed but not yet durable. */
-  get pendingCount(): number {
-    return this.pending.length;
-  }
-
-  get term(): number {
-    return this.o.term;
-  }
 
   get historyFirstSeq(): number {
     return this.history.firstSeq;

@@ -1,4 +1,4 @@
-export { encodeRecord, scanRecords, type Scan, type ScanEnd, RECORD_OVERHEAD_BYTES } from "./record.ts";
+export { encodeRecord, scanRecords, type Scan, type ScanEnd } from "./record.ts";
 export { LogWriter, type FsyncMode, fsyncModes, type LogStats } from "./log.ts";
 export { writeSnapshot, readSnapshot, snapshotRecords, type SnapshotMeta } from "./snapshot.ts";
 export { recover, RecoveryError, type Recovered } from "./recover.ts";

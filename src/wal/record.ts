@@ -9,8 +9,6 @@
 import { crc32 } from "../lib/crc32.ts";
 import { FRAME_HEADER_BYTES, type Frame, PROTOCOL_VERSION, decodeFrame } from "../protocol/frame.ts";
 
-export const RECORD_OVERHEAD_BYTES = 4;
-
 /** Wrap encoded frame bytes into a record. */
 export function encodeRecord(frame: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(4 + frame.length);
