@@ -159,13 +159,13 @@ export const ClusterReply = t.Object({
 
 export const HealthReply = t.Object({
   status: t.String({ description: "healthy" }),
-  durable_seq: Int({ description: "Highest sequence on disk" }),
-  data_dir_bytes: Int({ description: "Size of the data directory" }),
   role: t.String({ description: "leader or follower" }),
   group: Int(),
   keys: Int(),
   node_id: t.String(),
   seq: Int(),
+  durable_seq: Int({ description: "Highest sequence on disk" }),
+  data_dir_bytes: Int({ description: "Size of the data directory" }),
   lag: Int(),
   leader_id: t.Union([t.String(), t.Null()]),
   followers: t.Array(FollowerView),

@@ -105,14 +105,14 @@ export function createViews(d: ViewDeps): { cluster: () => Static<typeof Cluster
     const r = replicationView();
     const st = storageView();
     return {
-      durable_seq: st.durable_seq,
-      data_dir_bytes: st.data_dir_bytes,
       status: "healthy",
       role: r.role,
       group: config.group,
       keys: store.size,
       node_id: nodeId,
       seq: r.seq,
+      durable_seq: st.durable_seq,
+      data_dir_bytes: st.data_dir_bytes,
       lag: r.lag,
       leader_id: r.leader_id,
       followers: r.followers,
