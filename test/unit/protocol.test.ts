@@ -50,15 +50,7 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
   fc.tuple(header, text).map(([h, message]) => ({ type: FrameType.Error, ...h, message }) as Frame),
 );
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
+const concat = (parts: Uint8Array[]): Uint8Array => Buffer.concat(parts);
 
 /** Push `bytes` into a fresh reader cut at the given offsets; returns every frame and any error. */
 function readInPieces(bytes: Uint8Array, cuts: number[]): { frames: Frame[]; errors: string[]; buffered: number } {

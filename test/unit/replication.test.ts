@@ -57,16 +57,7 @@ const cycle = (values: readonly number[]) => {
   return () => values[i++ % values.length]!;
 };
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
+const concat = (parts: Uint8Array[]): Uint8Array => Buffer.concat(parts);
 
 interface Conn {
   link: FollowerLink;

@@ -102,6 +102,18 @@ function recoverOpts(dir: string, log = silentLogger) {
   return { dir, group: 0, frameBytesMax: FMAX, newId: () => "cafe", log };
 }
 
+/** Recover `dir`, which must fail with a RecoveryError; returns it. */
+function recoveryError(dir: string): RecoveryError {
+  let err: unknown;
+  try {
+    recover(new Store(), recoverOpts(dir));
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(RecoveryError);
+  return err as RecoveryError;
+}
+
 /** A data dir of history H holding node.json and nothing else. */
 function dataDir(): string {
   const dir = tmp();
@@ -365,13 +377,7 @@ describe("recover", () => {
     const path = join(dir, walName(H, 1));
     for (const byte of [0, 3, 9, 12, 20, starts[1]! - 1]) {
       writeFileSync(path, flipBit(log, byte * 8 + 2));
-      let err: unknown;
-      try {
-        recover(new Store(), recoverOpts(dir));
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toBeInstanceOf(RecoveryError);
+      const err = recoveryError(dir);
       expect((err as Error).message).toContain(path);
       expect((err as Error).message).toContain("offset 0");
       // Nothing was cut: the damaged log is left for a human to look at.
@@ -418,13 +424,7 @@ describe("recover", () => {
     const first = join(dir, walName(H, 1));
     writeFileSync(first, buildLog(frames.slice(0, 5)).bytes.subarray(0, starts[5]! - 3));
     writeFileSync(join(dir, walName(H, 5)), buildLog(frames.slice(4, 8)).bytes);
-    let err: unknown;
-    try {
-      recover(new Store(), recoverOpts(dir));
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(RecoveryError);
+    const err = recoveryError(dir);
     expect((err as Error).message).toContain(first);
     expect((err as Error).message).toContain(`offset ${starts[4]}`);
   });
