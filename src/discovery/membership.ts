@@ -22,6 +22,8 @@ export class Membership {
    * overruled by its older copies); it leaves only when its last member goes after draining.
    */
   private readonly ringed = new Map<number, { draining: boolean }>();
+  /** Each group's leader, as leaderOf answers: cleared on every change (it is asked per request). */
+  private readonly leaders = new Map<number, Member | undefined>();
   /** Bumped whenever the ring's groups may have changed: callers cache the ring by it. */
   ringVersion = 0;
 
@@ -38,6 +40,7 @@ export class Membership {
   updateSelf(patch: Partial<Omit<Member, "nodeId">>): void {
     this.self = { ...this.self, ...patch };
     this.members.set(this.self.nodeId, this.self);
+    this.leaders.clear();
     this.noteGroup(this.self);
   }
 
@@ -56,8 +59,9 @@ export class Membership {
   /** A member went away: its group leaves the ring only if it was draining and nobody is left. */
   private forget(m: Member): void {
     this.members.delete(m.nodeId);
+    this.leaders.clear();
     const g = this.ringed.get(m.group);
-    if (g?.draining && ![...this.members.values()].some((x) => x.group === m.group)) {
+    if (g?.draining && !this.some((x) => x.group === m.group)) {
       this.ringed.delete(m.group);
       this.ringVersion++;
     }
@@ -102,6 +106,7 @@ export class Membership {
     const { type: _type, cluster: _cluster, ...fields } = a;
     const member = { ...fields, lastSeenMs: nowMs };
     this.members.set(a.nodeId, member);
+    this.leaders.clear();
     this.noteGroup(member);
     return known ? "updated" : "new";
   }
@@ -119,6 +124,19 @@ export class Membership {
 
   get(nodeId: string): Member | undefined {
     return this.members.get(nodeId);
+  }
+
+  /** Whether any member satisfies `p` (no sorted copy: for the request path). */
+  some(p: (m: Member) => boolean): boolean {
+    for (const m of this.members.values()) if (p(m)) return true;
+    return false;
+  }
+
+  /** Members of one group, unordered. */
+  inGroup(group: number): Member[] {
+    const out: Member[] = [];
+    for (const m of this.members.values()) if (m.group === group) out.push(m);
+    return out;
   }
 
   /** All members, self included, ordered by group then address. */
@@ -145,6 +163,9 @@ export class Membership {
   }
 
   leaderOf(group: number): Member | undefined {
-    return this.leadersOf(group)[0];
+    if (this.leaders.has(group)) return this.leaders.get(group);
+    const best = this.leadersOf(group)[0];
+    this.leaders.set(group, best);
+    return best;
   }
 }

@@ -56,13 +56,13 @@ export function createService(d: ServiceDeps): NodeService {
     selfId: nodeId,
     selfGroup: config.group,
     leaderOf: (g) => membership.leaderOf(g),
-    membersOf: (g) => membership.list().filter((m) => m.group === g),
+    membersOf: (g) => membership.inGroup(g),
   };
   /** Keys may still be on their previous owner: some leader says it is moving, or the ring just changed. */
   const settleMs = 2 * config.heartbeatMs + 1000;
   const startedMs = now();
   // A node that just joined has no ring before its first one, but keys are on their way to it all the same.
-  const rebalancing = () => membership.list().some((m) => m.moving) || now() - (rings.before !== null ? rings.changedAtMs : startedMs) < settleMs;
+  const rebalancing = () => now() - (rings.before !== null ? rings.changedAtMs : startedMs) < settleMs || membership.some((m) => m.moving);
   /** Where a key this group owns was before this group joined: its owner on the ring without us. */
   let withoutUsKey = "";
   let withoutUs = new HashRing([], undefined, nativeHash);

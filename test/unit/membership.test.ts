@@ -261,3 +261,22 @@ describe("the groups on the ring", () => {
     expect(m.ringGroups()).toEqual([0]);
   });
 });
+
+describe("leaderOf, asked on every request", () => {
+  test("follows every change: a leader joins, a higher term appears, leaders leave or go stale, self changes", () => {
+    const m = new Membership(self);
+    expect(m.leaderOf(5)).toBeUndefined();
+    const a = ann({ nodeId: "a", group: 5, leader: true, term: 1 });
+    m.observe(a, 0);
+    expect(m.leaderOf(5)?.nodeId).toBe("a");
+    m.observe(ann({ nodeId: "b", group: 5, leader: true, term: 2 }), 1);
+    expect(m.leaderOf(5)?.nodeId).toBe("b");
+    m.observe(ann({ nodeId: "b", group: 5, leader: true, term: 2, type: DatagramType.Leave }), 2);
+    expect(m.leaderOf(5)?.nodeId).toBe("a");
+    m.sweep(10_000, 1_000);
+    expect(m.leaderOf(5)).toBeUndefined();
+    expect(m.leaderOf(0)).toBeUndefined();
+    m.updateSelf({ leader: true });
+    expect(m.leaderOf(0)?.nodeId).toBe("self");
+  });
+});
