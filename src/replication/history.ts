@@ -2,23 +2,37 @@
  * The leader's recent history: the encoded frames of the last writes and deletes, by sequence,
  * bounded in entries and bytes. A follower whose next sequence is still here is caught up from
  * it; one that fell behind its start gets a full state transfer instead. Pure.
+ *
+ * Frames are copied into 1 MiB arena chunks, back to back, and indexed in typed arrays: a write
+ * leaves no object of its own behind (a Uint8Array per write cost ~200 bytes of overhead and GC
+ * work per entry), and a run of frames goes to a follower as one view, without concatenation.
+ * Chunks are never reused: one dropped from the front stays valid for as long as a view into it
+ * is still queued on a socket.
  */
 import { assert } from "../lib/assert.ts";
 
-/**
- * What one entry costs beyond its frame bytes (the Buffer object and its slot, a time and a term
- * in their arrays), so the byte bound is a bound on memory, not on payload. Measured roughly with
- * bench/memory.ts: ~340 bytes held per 141-byte frame.
- */
-export const HISTORY_ENTRY_OVERHEAD_BYTES = 200;
+/** What one entry costs beyond its frame bytes: its slots in the five index arrays. */
+export const HISTORY_ENTRY_OVERHEAD_BYTES = 32;
+
+const CHUNK_BYTES = 1 << 20;
+const INDEX_START = 1024;
 
 export class History {
-  private frames: Uint8Array[] = [];
-  private times: number[] = [];
-  private terms: number[] = [];
-  private head = 0;
+  // Ring-buffer index, `cap` slots; entry i (0 = oldest) is at (start + i) % cap.
+  private cap = 0;
+  private start = 0;
+  private count = 0;
+  private chunkOf = new Int32Array(0);
+  private offsetOf = new Int32Array(0);
+  private lengthOf = new Int32Array(0);
+  private timeOfSlot = new Float64Array(0);
+  private termOf = new Float64Array(0);
+  /** Arena chunks; chunks[i] is chunk number chunkBase + i. The last one is being filled. */
+  private chunks: Uint8Array[] = [];
+  private chunkBase = 0;
+  private used = 0;
   private bytes = 0;
-  /** Sequence of frames[head]; the history holds firstSeq..lastSeq. */
+  /** Sequence of the oldest entry; the history holds firstSeq..lastSeq. */
   private first: number;
 
   constructor(
@@ -30,6 +44,7 @@ export class History {
     /** Bytes counted per entry on top of its frame (the leader passes HISTORY_ENTRY_OVERHEAD_BYTES). */
     private readonly entryOverheadBytes = 0,
   ) {
+    assert(entriesMax >= 1, "history must hold at least one entry");
     this.first = startAfter + 1;
   }
 
@@ -38,7 +53,7 @@ export class History {
   }
 
   get lastSeq(): number {
-    return this.first + (this.frames.length - this.head) - 1;
+    return this.first + this.count - 1;
   }
 
   get byteSize(): number {
@@ -46,26 +61,63 @@ export class History {
   }
 
   get length(): number {
-    return this.frames.length - this.head;
+    return this.count;
+  }
+
+  private slot(i: number): number {
+    const s = this.start + i;
+    return s >= this.cap ? s - this.cap : s;
+  }
+
+  private grow(): void {
+    const cap = Math.min(Math.max(INDEX_START, this.cap * 2), this.entriesMax + 1);
+    const copy = <T extends Int32Array | Float64Array>(old: T, make: (n: number) => T): T => {
+      const out = make(cap);
+      for (let i = 0; i < this.count; i++) out[i] = old[this.slot(i)]!;
+      return out;
+    };
+    this.chunkOf = copy(this.chunkOf, (n) => new Int32Array(n));
+    this.offsetOf = copy(this.offsetOf, (n) => new Int32Array(n));
+    this.lengthOf = copy(this.lengthOf, (n) => new Int32Array(n));
+    this.timeOfSlot = copy(this.timeOfSlot, (n) => new Float64Array(n));
+    this.termOf = copy(this.termOf, (n) => new Float64Array(n));
+    this.cap = cap;
+    this.start = 0;
   }
 
   append(seq: number, frame: Uint8Array, timeMs: number, term = 0): void {
     assert(seq === this.lastSeq + 1, `history append out of order: ${seq} after ${this.lastSeq}`);
-    this.frames.push(frame);
-    this.times.push(timeMs);
-    this.terms.push(term);
-    this.bytes += frame.length + this.entryOverheadBytes;
-    while (this.length > 1 && (this.length > this.entriesMax || this.bytes > this.bytesMax)) {
-      this.bytes -= this.frames[this.head]!.length + this.entryOverheadBytes;
-      this.baseTerm = this.terms[this.head]!;
-      this.head++;
-      this.first++;
+    if (this.count === this.cap) this.grow();
+    let cur = this.chunks[this.chunks.length - 1];
+    if (cur === undefined || cur.length - this.used < frame.length) {
+      cur = new Uint8Array(Math.max(CHUNK_BYTES, frame.length));
+      this.chunks.push(cur);
+      this.used = 0;
     }
-    if (this.head > 4096 && this.head * 2 > this.frames.length) {
-      this.frames = this.frames.slice(this.head);
-      this.times = this.times.slice(this.head);
-      this.terms = this.terms.slice(this.head);
-      this.head = 0;
+    cur.set(frame, this.used);
+    const s = this.slot(this.count++);
+    this.chunkOf[s] = this.chunkBase + this.chunks.length - 1;
+    this.offsetOf[s] = this.used;
+    this.lengthOf[s] = frame.length;
+    this.timeOfSlot[s] = timeMs;
+    this.termOf[s] = term;
+    this.used += frame.length;
+    this.bytes += frame.length + this.entryOverheadBytes;
+    while (this.count > 1 && (this.count > this.entriesMax || this.bytes > this.bytesMax)) this.dropOldest();
+  }
+
+  private dropOldest(): void {
+    const s = this.start;
+    this.bytes -= this.lengthOf[s]! + this.entryOverheadBytes;
+    this.baseTerm = this.termOf[s]!;
+    this.start = s + 1 === this.cap ? 0 : s + 1;
+    this.count--;
+    this.first++;
+    // Chunks before the new oldest entry's are no longer referenced by the index.
+    const firstChunk = this.count > 0 ? this.chunkOf[this.start]! : this.chunkBase + this.chunks.length - 1;
+    if (firstChunk > this.chunkBase) {
+      this.chunks.splice(0, firstChunk - this.chunkBase);
+      this.chunkBase = firstChunk;
     }
   }
 
@@ -73,7 +125,7 @@ export class History {
   termAt(seq: number): number | undefined {
     if (seq === this.first - 1) return this.baseTerm;
     if (seq < this.first || seq > this.lastSeq) return undefined;
-    return this.terms[this.head + (seq - this.first)];
+    return this.termOf[this.slot(seq - this.first)];
   }
 
   /** True when the history can supply every frame from `seq` on. */
@@ -81,23 +133,59 @@ export class History {
     return seq >= this.first && seq <= this.lastSeq + 1;
   }
 
-  /** Frames from `from` on, at most `bytesMax` bytes of them (at least one). */
+  private frameAt(i: number): Uint8Array {
+    const s = this.slot(i);
+    const o = this.offsetOf[s]!;
+    return this.chunks[this.chunkOf[s]! - this.chunkBase]!.subarray(o, o + this.lengthOf[s]!);
+  }
+
+  /** Frames from `from` on, each on its own, at most `bytesMax` bytes of them (at least one). */
   slice(from: number, bytesMax: number): Uint8Array[] {
-    assert(this.covers(from), `history does not cover ${from}`);
     const out: Uint8Array[] = [];
-    let size = 0;
-    for (let i = this.head + (from - this.first); i < this.frames.length; i++) {
-      const f = this.frames[i]!;
-      if (out.length > 0 && size + f.length > bytesMax) break;
-      out.push(f);
-      size += f.length;
-    }
+    this.runs(from, bytesMax, (i) => out.push(this.frameAt(i)));
     return out;
+  }
+
+  /**
+   * Frames from `from` on, at most `bytesMax` bytes of them (at least one), as few contiguous views
+   * as the arena allows (one per chunk they span); `count` is how many frames they hold.
+   */
+  run(from: number, bytesMax: number): { parts: Uint8Array[]; count: number } {
+    const parts: Uint8Array[] = [];
+    let chunk = -1;
+    let begin = 0;
+    let end = 0;
+    const count = this.runs(from, bytesMax, (i) => {
+      const s = this.slot(i);
+      if (this.chunkOf[s] !== chunk || this.offsetOf[s] !== end) {
+        if (chunk >= 0) parts.push(this.chunks[chunk - this.chunkBase]!.subarray(begin, end));
+        chunk = this.chunkOf[s]!;
+        begin = this.offsetOf[s]!;
+      }
+      end = this.offsetOf[s]! + this.lengthOf[s]!;
+    });
+    if (chunk >= 0) parts.push(this.chunks[chunk - this.chunkBase]!.subarray(begin, end));
+    return { parts, count };
+  }
+
+  /** Visit the index of each frame of a batch from `from`; returns how many. */
+  private runs(from: number, bytesMax: number, visit: (i: number) => void): number {
+    assert(this.covers(from), `history does not cover ${from}`);
+    let size = 0;
+    let n = 0;
+    for (let i = from - this.first; i < this.count; i++) {
+      const len = this.lengthOf[this.slot(i)]!;
+      if (n > 0 && size + len > bytesMax) break;
+      visit(i);
+      size += len;
+      n++;
+    }
+    return n;
   }
 
   /** When `seq` was appended (for replication delay), if still held. */
   timeOf(seq: number): number | undefined {
     if (seq < this.first || seq > this.lastSeq) return undefined;
-    return this.times[this.head + (seq - this.first)];
+    return this.timeOfSlot[this.slot(seq - this.first)];
   }
 }

@@ -338,6 +338,32 @@ describe("History", () => {
     );
   });
 
+  test("run gives the same bytes as slice, in one view per arena chunk, and a frame count", () => {
+    const h = new History(100_000, 64 * 1024 * 1024);
+    // ~3.5 MiB of 3,000-byte frames: the arena (1 MiB chunks) spans several chunks.
+    const frame = (s: number) => bytesOf(3000, s & 0xff);
+    for (let s = 1; s <= 1200; s++) h.append(s, frame(s), s);
+    for (const [from, budget] of [[1, 10_000], [300, 5_000_000], [1, Number.POSITIVE_INFINITY], [1200, 1]] as const) {
+      const frames = h.slice(from, budget);
+      const { parts, count } = h.run(from, budget);
+      expect(count).toBe(frames.length);
+      expect(Buffer.concat(parts)).toEqual(Buffer.concat(frames));
+      expect(parts.length).toBeLessThanOrEqual(Math.ceil((count * 3000) / (1 << 20)) + 1);
+    }
+    expect(h.run(1201, 100)).toEqual({ parts: [], count: 0 });
+  });
+
+  test("a view handed out stays intact after its entries are dropped and new ones appended", () => {
+    const h = new History(500, 1_000_000);
+    for (let s = 1; s <= 500; s++) h.append(s, bytesOf(1000, s & 0xff), 0);
+    const { parts } = h.run(1, 100_000);
+    const before = Buffer.concat(parts);
+    for (let s = 501; s <= 5000; s++) h.append(s, bytesOf(1000, 0xee), 0);
+    expect(h.firstSeq).toBe(4501);
+    expect(Buffer.concat(parts)).toEqual(before);
+    expect(before[0]).toBe(1);
+  });
+
   test("stays correct after many entries have come and gone (the array is compacted)", () => {
     const h = new History(100, 1_000_000);
     for (let s = 1; s <= 20_000; s++) h.append(s, Uint8Array.of(s & 0xff, (s >> 8) & 0xff), s);
