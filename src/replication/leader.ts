@@ -147,7 +147,7 @@ export class Leader {
 
   private apply(p: Proposal): void {
     if (p.value === null) this.o.store.delete(p.key, p.seq);
-    else assert(this.o.store.set(p.key, p.value, p.seq), `leader write at ${p.seq} was older than the store's version of "${p.key}"`);
+    else if (!this.o.store.set(p.key, p.value, p.seq)) assert(false, `leader write at ${p.seq} was older than the store's version of "${p.key}"`);
     this.history.append(p.seq, p.frame, this.o.now(), this.o.term);
     this.applied = p.seq;
   }
@@ -317,9 +317,9 @@ export class Leader {
         this.startSnapshot(link, `follower fell behind the history (next ${link.next}, history starts at ${this.history.firstSeq})`);
         continue;
       }
-      const frames = this.history.slice(link.next, SEND_BATCH_BYTES);
-      out.send(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
-      link.next += frames.length;
+      const { parts, count } = this.history.run(link.next, SEND_BATCH_BYTES);
+      for (const p of parts) out.send(p);
+      link.next += count;
     }
   }
 
@@ -329,8 +329,8 @@ export class Leader {
     let bytes = 0;
     while (snap.index < snap.entries.length && bytes < limits.snapshotChunkBytes) {
       const [key, e] = snap.entries[snap.index++]!;
-      chunk.push({ key, value: e.value!, version: e.version });
-      bytes += 16 + utf8Length(key) + utf8Length(e.value!);
+      chunk.push({ key, value: e.value, version: e.version });
+      bytes += 16 + utf8Length(key) + utf8Length(e.value);
     }
     const h = { group: this.o.group, term: snap.term, seq: snap.seq };
     if (chunk.length > 0) link.out.send(encodeFrame({ type: FrameType.SnapshotChunk, ...h, entries: chunk }));
