@@ -116,8 +116,8 @@ export class Mover {
       if (!e) continue;
       let list = batches.get(owner);
       if (!list) batches.set(owner, (list = []));
-      list.push({ key: next.value, value: e.value!, version: e.version });
-      bytes += next.value.length + e.value!.length + 32;
+      list.push({ key: next.value, value: e.value, version: e.version });
+      bytes += next.value.length + e.value.length + 32;
       count++;
       this.foundThisPass++;
     }

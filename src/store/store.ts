@@ -2,44 +2,44 @@
  * The versioned in-memory store of one node. Pure: no I/O, no clock.
  *
  * Every write and delete carries the sequence its group's leader gave it, which becomes the key's
- * version. A delete leaves a tombstone (value null) so that an older write replayed later cannot
- * bring the key back; tombstones are purged once no replica can still need them (see
- * `purgeTombstones`). Entries are immutable: a write replaces the entry object, so a copy of the
- * map's entries is a consistent snapshot.
+ * version. A delete leaves a tombstone (the key's delete version) so that an older write replayed
+ * later cannot bring the key back; tombstones are purged once no replica can still need them (see
+ * `purgeTombstones`). Live entries and tombstones are kept in separate maps, so a read is a single
+ * hash lookup that touches nothing else. Entries are immutable: a write replaces the entry object,
+ * so a copy of the map's entries is a consistent snapshot.
  */
 import { assert } from "../lib/assert.ts";
 
 export interface Entry {
-  /** null marks a tombstone. */
-  readonly value: string | null;
+  readonly value: string;
   readonly version: number;
 }
 
 export class Store {
-  private readonly map = new Map<string, Entry>();
+  private readonly live = new Map<string, Entry>();
+  /** Deleted keys and the version of their delete. */
+  private readonly dead = new Map<string, number>();
   /** Tombstones in version order, for purging. */
   private tombstones: { key: string; version: number }[] = [];
   private tombstoneHead = 0;
-  private live = 0;
 
   /** Number of live keys. */
   get size(): number {
-    return this.live;
+    return this.live.size;
   }
 
   get tombstoneCount(): number {
-    return this.map.size - this.live;
+    return this.dead.size;
   }
 
   /** The live entry of `key`, or undefined when missing or deleted. */
   get(key: string): Entry | undefined {
-    const e = this.map.get(key);
-    return e === undefined || e.value === null ? undefined : e;
+    return this.live.get(key);
   }
 
   /** Version of the key including tombstones; 0 when the store has never seen it. */
   versionOf(key: string): number {
-    return this.map.get(key)?.version ?? 0;
+    return this.live.get(key)?.version ?? this.dead.get(key) ?? 0;
   }
 
   /**
@@ -47,22 +47,33 @@ export class Store {
    * ignored; returns whether it was applied.
    */
   set(key: string, value: string, version: number): boolean {
-    const old = this.map.get(key);
-    if (old !== undefined && old.version >= version) return false;
-    if (old === undefined || old.value === null) this.live++;
-    this.map.set(key, { value, version });
+    const old = this.live.get(key);
+    if (old !== undefined) {
+      if (old.version >= version) return false;
+    } else if (this.dead.size > 0) {
+      const deletedAt = this.dead.get(key);
+      if (deletedAt !== undefined) {
+        if (deletedAt >= version) return false;
+        this.dead.delete(key);
+      }
+    }
+    this.live.set(key, { value, version });
     return true;
   }
 
   /** Apply a delete at `version`; returns whether a live key was removed. */
   delete(key: string, version: number): boolean {
-    const old = this.map.get(key);
-    if (old !== undefined && old.version >= version) return false;
-    const existed = old !== undefined && old.value !== null;
-    if (existed) this.live--;
-    this.map.set(key, { value: null, version });
+    const old = this.live.get(key);
+    if (old !== undefined) {
+      if (old.version >= version) return false;
+      this.live.delete(key);
+    } else {
+      const deletedAt = this.dead.get(key);
+      if (deletedAt !== undefined && deletedAt >= version) return false;
+    }
+    this.dead.set(key, version);
     this.tombstones.push({ key, version });
-    return existed;
+    return old !== undefined;
   }
 
   /** Drop tombstones with version <= `version`: no replica can replay anything older. */
@@ -71,9 +82,8 @@ export class Store {
     const t = this.tombstones;
     while (this.tombstoneHead < t.length && t[this.tombstoneHead]!.version <= version) {
       const { key, version: v } = t[this.tombstoneHead++]!;
-      const e = this.map.get(key);
-      if (e !== undefined && e.value === null && e.version === v) {
-        this.map.delete(key);
+      if (this.dead.get(key) === v) {
+        this.dead.delete(key);
         purged++;
       }
     }
@@ -84,28 +94,25 @@ export class Store {
     return purged;
   }
 
-  /** Live keys, in insertion order. */
-  *keys(): IterableIterator<string> {
-    for (const [k, e] of this.map) if (e.value !== null) yield k;
+  /** Live keys, in insertion order (a key deleted and written again counts as new). */
+  keys(): IterableIterator<string> {
+    return this.live.keys();
   }
 
   /** A consistent copy of the live entries, cheap: entries are shared, not cloned. */
   snapshot(): [string, Entry][] {
-    const out: [string, Entry][] = [];
-    for (const kv of this.map) if (kv[1].value !== null) out.push(kv);
-    return out;
+    return [...this.live];
   }
 
   /** Replace the whole content (a full state transfer). */
   replaceAll(entries: Iterable<readonly [string, string, number]>): void {
-    this.map.clear();
+    this.live.clear();
+    this.dead.clear();
     this.tombstones = [];
     this.tombstoneHead = 0;
-    this.live = 0;
     for (const [k, v, version] of entries) {
-      assert(!this.map.has(k), `duplicate key in state transfer: "${k}"`);
-      this.map.set(k, { value: v, version });
-      this.live++;
+      assert(!this.live.has(k), `duplicate key in state transfer: "${k}"`);
+      this.live.set(k, { value: v, version });
     }
   }
 }

@@ -28,8 +28,8 @@ export function* snapshotRecords(meta: SnapshotMeta, entries: readonly (readonly
   let chunk: SnapshotEntry[] = [];
   let bytes = 0;
   for (const [key, e] of entries) {
-    chunk.push({ key, value: e.value!, version: e.version });
-    bytes += 16 + utf8Length(key) + utf8Length(e.value!);
+    chunk.push({ key, value: e.value, version: e.version });
+    bytes += 16 + utf8Length(key) + utf8Length(e.value);
     if (bytes >= limits.snapshotChunkBytes) {
       yield encodeRecord(encodeFrame({ type: FrameType.SnapshotChunk, ...h, entries: chunk }));
       chunk = [];

@@ -84,7 +84,7 @@ function modelAfter(ops: readonly Op[], n: number, from = 0, base?: Model): Mode
 }
 
 function liveEntries(m: Model): [string, Entry][] {
-  return [...m].filter(([, e]) => e.value !== null).map(([k, e]) => [k, { value: e.value, version: e.version }]);
+  return [...m].flatMap(([k, e]): [string, Entry][] => (e.value === null ? [] : [[k, { value: e.value, version: e.version }]]));
 }
 
 const sortByKey = <T extends readonly [string, ...unknown[]]>(xs: T[]): T[] => xs.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
