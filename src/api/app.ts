@@ -8,7 +8,7 @@ import { Elysia } from "elysia";
 import { BadRequestError, KvError, StorageFullError, TooLargeError, UnavailableError } from "../lib/errors.ts";
 import { isWellFormed, utf8Length } from "../lib/utf8.ts";
 import { docsAssets } from "./docs.ts";
-import { GROUP_HEADER, HOPS_HEADER, NO_FALLBACK_HEADER } from "../routing/forward.ts";
+import { GROUP_HEADER, HOPS_HEADER, NO_FALLBACK_HEADER, NODE_HEADER, SERVED_GROUP_HEADER } from "../routing/forward.ts";
 import type { RequestContext } from "../routing/router.ts";
 import {
   ClusterReply, DeleteReply, DrainReply, ErrorBody, GetQuery, GetReply, HealthReply, ImportBody, ImportReply, KeyQuery, KeysQuery, KeysReply, SetBody, SetReply,
@@ -28,6 +28,9 @@ const routes: Record<string, string[]> = {
   "/health": ["GET"],
   "/admin/drain": ["POST"],
   "/internal/import": ["POST"],
+  "/internal/get": ["GET"],
+  "/internal/set": ["POST"],
+  "/internal/delete": ["DELETE"],
 };
 
 /** Largest /set body we read: the largest key and value, JSON-escaped (up to 6 bytes a byte). */
@@ -110,10 +113,24 @@ function contextOf(request: Request, anyReplica = false): RequestContext {
   };
 }
 
-/** Send a Reply: status, body, and the serving node's headers when it was forwarded. */
-function answer(r: Reply, set: { status?: number | string; headers: Record<string, string | number> }): never {
+/**
+ * A client's request to /get, /set or /delete: nothing forwarded it. The public routes do not read
+ * headers at all (building a request's Headers costs ~5% of a GET); nodes forward to the
+ * /internal/ routes, which take the context from the headers.
+ */
+const CLIENT: RequestContext = Object.freeze({ hops: 0, targetGroup: undefined, noFallback: false, anyReplica: false });
+const CLIENT_ANY: RequestContext = Object.freeze({ ...CLIENT, anyReplica: true });
+
+type Setter = { status?: number | string; headers: Record<string, string | number> };
+
+/**
+ * Send a Reply: status and body, and x-kvnode-node / x-kvnode-group naming the node that served it
+ * when that is not the node asked (a forwarded answer) or when the asker is a node (`own`).
+ */
+function answer(r: Reply, set: Setter, own?: Record<string, string>): never {
   set.status = r.status;
-  if (r.headers) Object.assign(set.headers, r.headers);
+  const h = r.headers ?? own;
+  if (h) Object.assign(set.headers, h);
   return r.body as never;
 }
 
@@ -136,8 +153,29 @@ function describeValidation(error: unknown): string {
 export function createApi(s: KvService) {
   const bodyLimit = bodyBytesMax(s);
   const errors = { 400: ErrorBody, 404: ErrorBody, 413: ErrorBody, 503: ErrorBody, 507: ErrorBody } as const;
-  // KeyQuery stays exported for clients of the schema module.
-  void KeyQuery;
+  /** Headers naming this node, on every answer to another node (it passes them on). */
+  const own = { [NODE_HEADER]: s.nodeId, [SERVED_GROUP_HEADER]: String(s.group) };
+
+  // The handlers of /get, /set and /delete; their /internal/ twins differ only in the context.
+  const readKey = (query: { key?: string; replica?: string }, request: Request, set: Setter, ctx: RequestContext, ownHeaders?: Record<string, string>) => {
+    checkQueryEncoding(request, query.key);
+    const key = checkKey(s, query.key);
+    if (query.replica !== undefined && query.replica !== "any" && query.replica !== "leader")
+      throw new BadRequestError(`Invalid replica "${query.replica}": use any or leader`);
+    const r = s.get(key, ctx);
+    if (r instanceof Promise) return r.then((x) => answer(x, set, ownHeaders)) as never;
+    return answer(r, set, ownHeaders);
+  };
+  const writeKey = async (body: { key: string; value: string }, ctx: RequestContext, set: Setter, ownHeaders?: Record<string, string>) => {
+    const key = checkKey(s, body.key);
+    checkValue(s, key, body.value);
+    return answer(await s.set(key, body.value, ctx), set, ownHeaders);
+  };
+  const deleteKey = async (query: { key?: string }, request: Request, set: Setter, ctx: RequestContext, ownHeaders?: Record<string, string>) => {
+    checkQueryEncoding(request, query.key);
+    const key = checkKey(s, query.key);
+    return answer(await s.delete(key, ctx), set, ownHeaders);
+  };
   return new Elysia({ name: "kvnode-api" })
     .use(docsAssets())
     .use(
@@ -163,10 +201,6 @@ export function createApi(s: KvService) {
         },
       }),
     )
-    .onRequest(({ set }) => {
-      set.headers["x-kvnode-node"] = s.nodeId;
-      set.headers["x-kvnode-group"] = String(s.group);
-    })
     .onError(({ code, error, set, request, path }) => {
       // Our parser's errors reach here wrapped in Elysia's ParseError (code "PARSE"), as its cause.
       const kv = error instanceof KvError ? error : (error as { cause?: unknown })?.cause;
@@ -199,55 +233,47 @@ export function createApi(s: KvService) {
       set.status = 500;
       return { error: `Internal error: ${String((error as Error)?.message ?? error)}` };
     })
-    .post(
-      "/set",
-      async ({ body, request, set }) => {
-        const key = checkKey(s, body.key);
-        checkValue(s, key, body.value);
-        return answer(await s.set(key, body.value, contextOf(request)), set);
+    .post("/set", ({ body, set }) => writeKey(body, CLIENT, set), {
+      // Our own parser: JSON whatever the content-type (curl -d sends form encoding), with a
+      // clear error for malformed JSON and 413 for an oversized body.
+      parse: [({ request }) => parseJsonBody(request, bodyLimit), "json"],
+      body: SetBody,
+      response: { 200: SetReply, ...errors },
+      detail: {
+        summary: "Set a key to a value",
+        description: "Any node accepts any key: the write is forwarded to the leader of the group that owns the key on the ring, and answered as that leader answers.",
       },
-      {
-        // Our own parser: JSON whatever the content-type (curl -d sends form encoding), with a
-        // clear error for malformed JSON and 413 for an oversized body.
-        parse: [({ request }) => parseJsonBody(request, bodyLimit), "json"],
-        body: SetBody,
-        response: { 200: SetReply, ...errors },
-        detail: {
-          summary: "Set a key to a value",
-          description: "Any node accepts any key: the write is forwarded to the leader of the group that owns the key on the ring, and answered as that leader answers.",
-        },
+    })
+    .post("/internal/set", ({ body, request, set }) => writeKey(body, contextOf(request), set, own), {
+      parse: [({ request }) => parseJsonBody(request, bodyLimit), "json"],
+      body: SetBody,
+      response: { 200: SetReply, ...errors },
+      detail: { hide: true },
+    })
+    .get("/get", ({ query, request, set }) => readKey(query, request, set, query.replica === "any" ? CLIENT_ANY : CLIENT), {
+      query: GetQuery,
+      response: { 200: GetReply, ...errors },
+      detail: {
+        summary: "Read a key",
+        description:
+          "A node of the owning group answers from its own copy; any other node forwards to the owning group's leader (or, with replica=any, to any of its members).",
       },
-    )
-    .get(
-      "/get",
-      ({ query, request, set }) => {
-        checkQueryEncoding(request, query.key);
-        const key = checkKey(s, query.key);
-        if (query.replica !== undefined && query.replica !== "any" && query.replica !== "leader")
-          throw new BadRequestError(`Invalid replica "${query.replica}": use any or leader`);
-        const r = s.get(key, contextOf(request, query.replica === "any"));
-        if (r instanceof Promise) return r.then((x) => answer(x, set)) as never;
-        return answer(r, set);
-      },
-      {
-        query: GetQuery,
-        response: { 200: GetReply, ...errors },
-        detail: {
-          summary: "Read a key",
-          description:
-            "A node of the owning group answers from its own copy; any other node forwards to the owning group's leader (or, with replica=any, to any of its members).",
-        },
-      },
-    )
-    .delete(
-      "/delete",
-      async ({ query, request, set }) => {
-        checkQueryEncoding(request, query.key);
-        const key = checkKey(s, query.key);
-        return answer(await s.delete(key, contextOf(request)), set);
-      },
-      { query: KeyQuery, response: { 200: DeleteReply, ...errors }, detail: { summary: "Delete a key", description: "Forwarded to the leader of the group that owns the key." } },
-    )
+    })
+    .get("/internal/get", ({ query, request, set }) => readKey(query, request, set, contextOf(request, query.replica === "any"), own), {
+      query: GetQuery,
+      response: { 200: GetReply, ...errors },
+      detail: { hide: true },
+    })
+    .delete("/delete", ({ query, request, set }) => deleteKey(query, request, set, CLIENT), {
+      query: KeyQuery,
+      response: { 200: DeleteReply, ...errors },
+      detail: { summary: "Delete a key", description: "Forwarded to the leader of the group that owns the key." },
+    })
+    .delete("/internal/delete", ({ query, request, set }) => deleteKey(query, request, set, contextOf(request), own), {
+      query: KeyQuery,
+      response: { 200: DeleteReply, ...errors },
+      detail: { hide: true },
+    })
     .get(
       "/keys",
       async ({ query, request }) => {
@@ -268,11 +294,11 @@ export function createApi(s: KvService) {
         },
       },
     )
-    .post("/admin/drain", async ({ request, set }) => answer(await s.drain(contextOf(request)), set), {
+    .post("/admin/drain", async ({ request, set }) => answer(await s.drain(contextOf(request)), set, own), {
       response: { 200: DrainReply, ...errors },
       detail: { summary: "Drain this node's group", description: "Moves the group's keys to the other groups; once /cluster shows it holds 0 keys, its nodes can be stopped." },
     })
-    .post("/internal/import", async ({ body, request, set }) => answer(await s.importEntries(body.entries, contextOf(request)), set), {
+    .post("/internal/import", async ({ body, request, set }) => answer(await s.importEntries(body.entries, contextOf(request)), set, own), {
       parse: [({ request }) => parseJsonBody(request, 64 * bodyLimit), "json"],
       body: ImportBody,
       response: { 200: ImportReply, ...errors },

@@ -51,7 +51,7 @@ export function createService(d: ServiceDeps): NodeService {
   // Bun's native murmur3 (same values as src/ring/hash.ts for well-formed strings; keys are checked).
   const nativeHash = (s: string) => Bun.hash.murmur32v3(s);
   const rings = new RingCache(nativeHash);
-  const currentRing = () => rings.get(membership.ringVersion, () => membership.ringGroups(), now());
+  const currentRing = () => rings.get(membership.ringVersion, () => membership.ringGroups(), now);
   const routing: RoutingView = {
     selfId: nodeId,
     selfGroup: config.group,
@@ -112,12 +112,12 @@ export function createService(d: ServiceDeps): NodeService {
     if (!leader && own) tries.push([own, config.group]);
     for (const [m, g] of tries) {
       try {
-        const r = await forward(m, "GET", `/get?key=${enc(key)}`, undefined, { hops: ctx.hops, group: g, noFallback: true });
+        const r = await forward(m, "GET", `/internal/get?key=${enc(key)}`, undefined, { hops: ctx.hops, group: g, noFallback: true });
         if (r.status === 200) return r;
       } catch {}
     }
     const e = store.get(key);
-    if (e) return { status: 200, body: { key, value: e.value!, version: e.version } };
+    if (e) return { status: 200, body: { key, value: e.value, version: e.version } };
     return notFound(key);
   };
 
@@ -196,12 +196,12 @@ export function createService(d: ServiceDeps): NodeService {
       const route = routeRead(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot read "${key.slice(0, 64)}": ${route.why}`, route.group);
       if (route.kind === "forward")
-        return forward(route.to, "GET", `/get?key=${enc(key)}${ctx.anyReplica ? "&replica=any" : ""}`, undefined, { hops: ctx.hops, group: route.group });
+        return forward(route.to, "GET", `/internal/get?key=${enc(key)}${ctx.anyReplica ? "&replica=any" : ""}`, undefined, { hops: ctx.hops, group: route.group });
       // Named for our group by a node whose ring is behind ours: pass it on to the owner once.
       const other = ctx.noFallback ? undefined : misdirected(key, ctx);
-      if (other) return forward(other.to, "GET", `/get?key=${enc(key)}${ctx.anyReplica ? "&replica=any" : ""}`, undefined, { hops: ctx.hops, group: other.group });
+      if (other) return forward(other.to, "GET", `/internal/get?key=${enc(key)}${ctx.anyReplica ? "&replica=any" : ""}`, undefined, { hops: ctx.hops, group: other.group });
       const e = store.get(key);
-      if (e) return { status: 200, body: { key, value: e.value!, version: e.version } };
+      if (e) return { status: 200, body: { key, value: e.value, version: e.version } };
       // A tombstone here means the key was deleted here: a copy still on its previous owner is older.
       if (!ctx.noFallback && rebalancing() && store.versionOf(key) === 0) return fallbackRead(key, ctx);
       return notFound(key);
@@ -210,10 +210,9 @@ export function createService(d: ServiceDeps): NodeService {
       if (!isSettled) await settled;
       const route = routeWrite(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot write "${key.slice(0, 64)}": ${route.why}`, route.group);
-      const body = JSON.stringify({ key, value });
-      if (route.kind === "forward") return ownGroupWrite(await forward(route.to, "POST", "/set", body, { hops: ctx.hops, group: route.group }), route.group);
+      if (route.kind === "forward") return ownGroupWrite(await forward(route.to, "POST", "/internal/set", JSON.stringify({ key, value }), { hops: ctx.hops, group: route.group }), route.group);
       const other = misdirected(key, ctx);
-      if (other) return forward(other.to, "POST", "/set", body, { hops: ctx.hops, group: other.group });
+      if (other) return forward(other.to, "POST", "/internal/set", JSON.stringify({ key, value }), { hops: ctx.hops, group: other.group });
       const seq = leader!.set(key, value);
       await durableOrThrow(seq);
       return { status: 200, body: { status: "ok", key, version: seq } };
@@ -222,7 +221,7 @@ export function createService(d: ServiceDeps): NodeService {
       if (!isSettled) await settled;
       const route = routeWrite(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot delete "${key.slice(0, 64)}": ${route.why}`, route.group);
-      const path = `/delete?key=${enc(key)}`;
+      const path = `/internal/delete?key=${enc(key)}`;
       if (route.kind === "forward") return ownGroupWrite(await forward(route.to, "DELETE", path, undefined, { hops: ctx.hops, group: route.group }), route.group);
       const other = misdirected(key, ctx);
       if (other) return forward(other.to, "DELETE", path, undefined, { hops: ctx.hops, group: other.group });

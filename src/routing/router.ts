@@ -83,7 +83,7 @@ export class RingCache {
   }
 
   /** The ring of `groups()`, recomputed only when `version` moved and the groups really changed. */
-  get(version: number, groups: () => readonly number[], nowMs: number): HashRing {
+  get(version: number, groups: () => readonly number[], now: () => number): HashRing {
     if (version === this.version) return this.ring;
     this.version = version;
     const gs = groups();
@@ -91,7 +91,7 @@ export class RingCache {
     if (key !== this.key) {
       if (this.key !== "") {
         this.previous = this.ring;
-        this.changedAtMs = nowMs;
+        this.changedAtMs = now();
       }
       this.key = key;
       this.ring = new HashRing(gs, undefined, this.hash);

@@ -41,6 +41,9 @@ interface Groups {
 }
 
 /** Start a leader (and `followers` followers) for each group, and wait until everyone sees everyone. */
+/** The group that served an answer: named in a forwarded answer, else the node asked. */
+const servedBy = (asked: NodeProc, r: { headers: Headers }) => r.headers.get("x-kvnode-group") ?? String(asked.group);
+
 async function startGroups(c: TestCluster, groups: number[], o: { followers: number; inMemory?: boolean }): Promise<Groups> {
   const leaders = await Promise.all(groups.map((group) => c.start({ leader: true, group, inMemory: o.inMemory })));
   const followers = await Promise.all(
@@ -81,12 +84,14 @@ describe("sharding: any node serves any key, stored on its owner group", () => {
     const ring = new HashRing([0, 1, 2]);
     const keys = Array.from({ length: 10_000 }, (_, i) => `key-${i}`);
 
-    // Writes through random nodes; the answer names the group that stored the key.
+    // Writes through random nodes; a forwarded answer names the group that stored the key (an
+    // answer without the header was served by the node asked).
     const wrongGroup: string[] = [];
     await pool(keys, 64, async (k) => {
-      const r = await pick(all).set(k, `v:${k}`);
+      const n = pick(all);
+      const r = await n.set(k, `v:${k}`);
       expect(r.status).toBe(200);
-      if (r.headers.get("x-kvnode-group") !== String(ring.ownerOf(k))) wrongGroup.push(`${k} -> ${r.headers.get("x-kvnode-group")}`);
+      if (servedBy(n, r) !== String(ring.ownerOf(k))) wrongGroup.push(`${k} -> ${servedBy(n, r)}`);
     });
     expect(wrongGroup).toEqual([]);
 
@@ -107,8 +112,8 @@ describe("sharding: any node serves any key, stored on its owner group", () => {
       const bad: string[] = [];
       await pool(sample, 32, async (k) => {
         const r = await n.get(k);
-        if (r.status !== 200 || r.body.value !== `v:${k}` || r.headers.get("x-kvnode-group") !== String(ring.ownerOf(k)))
-          bad.push(`${k}: ${r.status} ${JSON.stringify(r.body)} group=${r.headers.get("x-kvnode-group")} (owner ${ring.ownerOf(k)})`);
+        if (r.status !== 200 || r.body.value !== `v:${k}` || servedBy(n, r) !== String(ring.ownerOf(k)))
+          bad.push(`${k}: ${r.status} ${JSON.stringify(r.body)} group=${servedBy(n, r)} (owner ${ring.ownerOf(k)})`);
       });
       expect(bad).toEqual([]);
     }
@@ -290,12 +295,12 @@ describe("rebalancing", () => {
         if (r.status === 404 ? expected.deleted || (deleteSentN.get(key) ?? -1) > expected.n : n >= expected.n) continue;
         const what =
           `${key} via ${node.nodeId} of group ${groupOf.get(node)} at +${Math.round(startMs - group3StartMs)} ms after group 3 started ` +
-          `(answered by ${r.headers.get("x-kvnode-node")} of group ${r.headers.get("x-kvnode-group")}): ${r.status} ${r.status === 200 ? `${key}=${n}` : JSON.stringify(r.body)}, ` +
+          `(answered by ${r.headers.get("x-kvnode-node") ?? node.nodeId} of group ${r.headers.get("x-kvnode-group") ?? groupOf.get(node)}): ${r.status} ${r.status === 200 ? `${key}=${n}` : JSON.stringify(r.body)}, ` +
           `but ${expected.deleted ? "a delete" : `${key}=${expected.n}`} was acknowledged ${Math.round(startMs - expected.atMs)} ms before the read`;
         // A follower's own copy may be a few ms behind its leader (README: asynchronous replication):
         // tolerated when the read went to, or was answered by, a follower of an owner of the key.
         const viaOwnersFollower = followerIds.has(node.nodeId) && [ring3.ownerOf(key), ring4.ownerOf(key)].includes(groupOf.get(node));
-        if ((viaOwnersFollower || followerIds.has(r.headers.get("x-kvnode-node") ?? "")) && startMs - expected.atMs < limits.forwardApplyWaitMs) followerLag.push(what);
+        if ((viaOwnersFollower || followerIds.has(r.headers.get("x-kvnode-node") ?? node.nodeId)) && startMs - expected.atMs < limits.forwardApplyWaitMs) followerLag.push(what);
         else misses.push(what);
       }
     };
@@ -464,7 +469,7 @@ describe("rebalancing", () => {
       const via = pick(all);
       const r = await via.get(k);
       if (r.status === 404) return;
-      const what = `read of ${k} via ${via.nodeId} of group ${groupOf.get(via)} right after its delete was acknowledged: ${r.status} (answered by ${r.headers.get("x-kvnode-node")} of group ${r.headers.get("x-kvnode-group")})`;
+      const what = `read of ${k} via ${via.nodeId} of group ${groupOf.get(via)} right after its delete was acknowledged: ${r.status} (answered by ${r.headers.get("x-kvnode-node") ?? via.nodeId} of group ${r.headers.get("x-kvnode-group") ?? groupOf.get(via)})`;
       // A follower of the key's new owner may not have applied the delete yet (README: asynchronous replication).
       if (followers.includes(via) && groupOf.get(via) === ring2.ownerOf(k)) followerLag.push(what);
       else problems.push(what);
@@ -528,22 +533,22 @@ describe("no forwarding loops", () => {
     const setBody = { key: keyOfB, value: "must-not-land" };
     for (const hops of [HOPS_MAX - 1, HOPS_MAX]) {
       const h = { [HOPS_HEADER]: String(hops), [GROUP_HEADER]: "0" };
-      expect503(await send(lA, "POST", "/set", h, setBody), `set on A's leader, hops ${hops}`);
-      expect503(await send(lA, "DELETE", `/delete?key=${encodeURIComponent(keyOfB)}`, h), `delete on A's leader, hops ${hops}`);
+      expect503(await send(lA, "POST", "/internal/set", h, setBody), `set on A's leader, hops ${hops}`);
+      expect503(await send(lA, "DELETE", `/internal/delete?key=${encodeURIComponent(keyOfB)}`, h), `delete on A's leader, hops ${hops}`);
       // Through A's follower: it may pass the request to its leader, which refuses it.
-      expect503(await send(fA, "POST", "/set", h, setBody), `set on A's follower, hops ${hops}`);
+      expect503(await send(fA, "POST", "/internal/set", h, setBody), `set on A's follower, hops ${hops}`);
     }
     // A read naming B sent to A with no hops left is refused rather than forwarded.
-    expect503(await send(lA, "GET", `/get?key=${encodeURIComponent(keyOfB)}`, { [HOPS_HEADER]: String(HOPS_MAX), [GROUP_HEADER]: "1" }), "get naming B on A, hops max");
+    expect503(await send(lA, "GET", `/internal/get?key=${encodeURIComponent(keyOfB)}`, { [HOPS_HEADER]: String(HOPS_MAX), [GROUP_HEADER]: "1" }), "get naming B on A, hops max");
 
     // A hop count far past the limit is refused at once, with or without a target group.
     const huge = { [HOPS_HEADER]: "999999999999" };
     for (const n of all) {
-      expect503(await send(n, "POST", "/set", huge, { key: keyOfB, value: "x" }), `set with huge hops on ${n.nodeId}`);
-      expect503(await send(n, "POST", "/set", { ...huge, [GROUP_HEADER]: "1" }, { key: keyOfB, value: "x" }), `set with huge hops naming B on ${n.nodeId}`);
-      expect503(await send(n, "DELETE", `/delete?key=${encodeURIComponent(keyOfB)}`, huge), `delete with huge hops on ${n.nodeId}`);
+      expect503(await send(n, "POST", "/internal/set", huge, { key: keyOfB, value: "x" }), `set with huge hops on ${n.nodeId}`);
+      expect503(await send(n, "POST", "/internal/set", { ...huge, [GROUP_HEADER]: "1" }, { key: keyOfB, value: "x" }), `set with huge hops naming B on ${n.nodeId}`);
+      expect503(await send(n, "DELETE", `/internal/delete?key=${encodeURIComponent(keyOfB)}`, huge), `delete with huge hops on ${n.nodeId}`);
     }
-    expect503(await send(lA, "GET", `/get?key=${encodeURIComponent(keyOfB)}`, huge), "get of B's key with huge hops on A");
+    expect503(await send(lA, "GET", `/internal/get?key=${encodeURIComponent(keyOfB)}`, huge), "get of B's key with huge hops on A");
 
     // None of the refused writes landed anywhere.
     expect(await seqs()).toEqual(before);
@@ -551,7 +556,7 @@ describe("no forwarding loops", () => {
 
     // A write naming A sent to B's leader for a key B owns: B sends it to A (the group named), A's
     // ring gives it to B and passes it on once, and B, the owner, stores it. Exactly one write.
-    const w = await send(lB, "POST", "/set", { [GROUP_HEADER]: "0" }, { key: keyOfB, value: "landed" });
+    const w = await send(lB, "POST", "/internal/set", { [GROUP_HEADER]: "0" }, { key: keyOfB, value: "landed" });
     expect(w.status).toBe(200);
     expect(w.body).toMatchObject({ status: "ok", key: keyOfB, version: before[1]! + 1 });
     expect(w.headers.get("x-kvnode-group")).toBe("1");
@@ -582,7 +587,7 @@ describe("no forwarding loops", () => {
 
     // What a node whose ring still gives the key to A sends (a write so sent is passed on to B).
     for (const n of [lA, followers[0]!]) {
-      const r = await n.request(`/get?key=${encodeURIComponent(keyOfB)}`, { headers: { [HOPS_HEADER]: "1", [GROUP_HEADER]: "0" } });
+      const r = await n.request(`/internal/get?key=${encodeURIComponent(keyOfB)}`, { headers: { [HOPS_HEADER]: "1", [GROUP_HEADER]: "0" } });
       // Either the value (passed on to B once) or a 503 "retry": never "Key not found" for a key that exists.
       const outcome = r.status === 200 ? `200 ${r.body.value}` : r.status === 503 ? "503" : `${r.status} ${JSON.stringify(r.body)}`;
       expect(["200 held-by-B", "503"]).toContain(outcome);

@@ -55,6 +55,8 @@ export interface NodeOptions {
 
 export class NodeProc {
   nodeId = "";
+  /** The -group it was started with. */
+  group = 0;
   dataDir: string | null = null;
   apiPort = 0;
   clusterPort = 0;
@@ -170,6 +172,7 @@ export class TestCluster implements AsyncDisposable {
     });
     const node = new NodeProc(proc, host);
     node.dataDir = o.inMemory ? null : o.dataDir!;
+    node.group = o.group ?? 0;
     this.nodes.push(node);
     try {
       await waitFor("the node's ready line", () => /kvnode ready/.test(node.log) || !node.alive, 15_000);

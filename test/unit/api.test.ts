@@ -189,13 +189,20 @@ describe("POST /set", () => {
     expect(await expectJson(await get("k"))).toEqual({ key: "k", value: "two", version: second.version });
   });
 
-  test("passes the forward count from the hops header to the service, 0 when absent or invalid", async () => {
-    const { set, service } = setup();
-    await set({ key: "a", value: "1" }, { [HOPS_HEADER]: "2" });
-    await set({ key: "b", value: "2" });
-    await set({ key: "c", value: "3" }, { [HOPS_HEADER]: "-1" });
-    await set({ key: "d", value: "4" }, { [HOPS_HEADER]: "lots" });
+  test("/internal/set passes the forward count from the hops header to the service, 0 when absent or invalid", async () => {
+    const { call, service } = setup();
+    const internal = (key: string, headers: Record<string, string> = {}) => call("POST", "/internal/set", { body: JSON.stringify({ key, value: "v" }), headers });
+    await internal("a", { [HOPS_HEADER]: "2" });
+    await internal("b");
+    await internal("c", { [HOPS_HEADER]: "-1" });
+    await internal("d", { [HOPS_HEADER]: "lots" });
     expect(service.calls.map((c) => c.hops)).toEqual([2, 0, 0, 0]);
+  });
+
+  test("the public /set does not read forwarding headers: a client cannot pose as a node", async () => {
+    const { set, service } = setup();
+    await set({ key: "a", value: "1" }, { "content-type": "application/json", [HOPS_HEADER]: "2" });
+    expect(service.calls.map((c) => c.hops)).toEqual([0]);
   });
 
   test("answers a status the service passed through (a leader's 503) with that status and body", async () => {
@@ -394,7 +401,7 @@ describe("methods and paths", () => {
 });
 
 describe("error answers", () => {
-  test("every error answer is JSON with an error string and carries the node headers", async () => {
+  test("every error answer is JSON with an error string", async () => {
     const { call, set, setRaw, get, service } = setup({ keyBytesMax: 16, valueBytesMax: 32 });
     const cases: [string, Promise<Response>, number][] = [
       ["malformed JSON", setRaw("{"), 400],
@@ -412,8 +419,6 @@ describe("error answers", () => {
     ];
     for (const [name, pending, status] of cases) {
       const res = await pending;
-      expect({ name, node: res.headers.get("x-kvnode-node") }).toEqual({ name, node: "node-test-1" });
-      expect({ name, group: res.headers.get("x-kvnode-group") }).toEqual({ name, group: "0" });
       const body = await res.text();
       expect({ name, status: res.status, body }).toMatchObject({ name, status });
       expect({ name, type: res.headers.get("content-type")?.split(";")[0] }).toEqual({ name, type: "application/json" });
@@ -424,18 +429,31 @@ describe("error answers", () => {
 });
 
 describe("headers", () => {
-  test("every answer carries x-kvnode-node with the node id", async () => {
+  test("answers to a node (/internal/ routes) carry x-kvnode-node and x-kvnode-group; a client's do not", async () => {
     const { call, set, get } = setup();
+    const json = { "content-type": "application/json" };
     for (const res of [
-      await set({ key: "k", value: "v" }),
-      await get("k"),
-      await call("GET", "/keys"),
-      await call("GET", "/health"),
-      await call("DELETE", "/delete?key=k"),
+      await call("POST", "/internal/set", { body: JSON.stringify({ key: "k", value: "v" }), headers: json }),
+      await call("GET", "/internal/get?key=k"),
+      await call("DELETE", "/internal/delete?key=k"),
     ]) {
       expect(res.status).toBe(200);
       expect(res.headers.get("x-kvnode-node")).toBe("node-test-1");
+      expect(res.headers.get("x-kvnode-group")).toBe("0");
     }
+    for (const res of [await set({ key: "k", value: "v" }), await get("k"), await call("DELETE", "/delete?key=k")]) {
+      expect(res.status).toBe(200);
+      expect(res.headers.get("x-kvnode-node")).toBeNull();
+    }
+  });
+
+  test("a forwarded answer names the node that served it", async () => {
+    const { set, service } = setup();
+    service.setReply = { status: 200, body: { status: "ok", key: "k", version: 7 }, headers: { "x-kvnode-node": "owner-9", "x-kvnode-group": "3" } };
+    const res = await set({ key: "k", value: "v" });
+    expect(await expectJson(res)).toEqual({ status: "ok", key: "k", version: 7 });
+    expect(res.headers.get("x-kvnode-node")).toBe("owner-9");
+    expect(res.headers.get("x-kvnode-group")).toBe("3");
   });
 });
 
