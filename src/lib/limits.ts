@@ -16,6 +16,8 @@ export const limits = {
   /** Replication history the leader keeps for catching followers up without a full transfer. */
   historyEntriesMax: 200_000,
   historyBytesMax: 64 * 1024 * 1024,
+  /** Longest a durable write waits before it is sent to the followers, so sends are batched. */
+  replicationBatchMs: 1,
   /** Bytes queued to one follower's socket beyond which the pump waits for `drain`. */
   followerQueuedBytesMax: 4 * 1024 * 1024,
   /** Forwarding: timeout of one forwarded request (the hop bound is HOPS_MAX in src/routing). */
