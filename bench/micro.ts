@@ -35,7 +35,14 @@ export function registerMicro(opts: { quick: boolean }): void {
       for (let i = 0; i < size; i++) store.set(storeKeys[i]!, value, i + 1);
       let version = size;
       let i = 0;
+      // Random order too: at 1M keys a lookup is then a cache miss, as it is for real traffic.
+      const order = Uint32Array.from({ length: 1 << 16 }, () => Math.floor(Math.random() * size));
+      let r = 0;
       bench(`get, ${size} keys`, () => do_not_optimize(store.get(storeKeys[i++ % size]!)));
+      bench(`get in random order, ${size} keys`, () => do_not_optimize(store.get(storeKeys[order[r++ & 0xffff]!]!)));
+      // Baseline: a bare Map of the same keys, looked up the same way (what any JS store pays).
+      const plain = new Map(storeKeys.map((k, n) => [k, { value, version: n + 1 }]));
+      bench(`baseline: Map.get, ${size} keys`, () => do_not_optimize(plain.get(storeKeys[i++ % size]!)));
       bench(`set (overwrite), ${size} keys`, () => do_not_optimize(store.set(storeKeys[i++ % size]!, value, ++version)));
       bench(`delete + set, ${size} keys`, () => {
         const key = storeKeys[i++ % size]!;
