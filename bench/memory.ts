@@ -1,7 +1,7 @@
 /**
  * Memory per key. A lone in-memory leader is filled with 1,000,000 keys of 100-byte values
  * (100,000 with --quick) by POST /set with 64 connections until /health says it holds them all;
- * its resident memory (VmRSS of /proc/<pid>/status) is read before and after:
+ * its resident memory (VmRSS of /proc/<pid>/status) is read before, and after once it has settled:
  * bytes per key = (RSS after - RSS before) / keys.
  *
  * Two nodes: one with the default -history-entries (the leader also keeps its last 200,000 writes,
@@ -23,6 +23,23 @@ async function procStatus(pid: number): Promise<{ rss: number; hwm: number }> {
   const s = await Bun.file(`/proc/${pid}/status`).text();
   const kb = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(s)?.[1] ?? NaN) * 1024;
   return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
+}
+
+/**
+ * Resident memory once the node has settled after the load: the garbage of a million requests is
+ * collected and returned some time after the last one, so read RSS every 250 ms (up to 15 s) until
+ * it has not fallen by 1% over the last 2 s.
+ */
+async function settledStatus(pid: number): Promise<{ rss: number; hwm: number }> {
+  const seen: number[] = [];
+  let s = await procStatus(pid);
+  for (let i = 0; i < 60; i++) {
+    seen.push(s.rss);
+    if (seen.length > 8 && seen[seen.length - 9]! - s.rss < 0.01 * s.rss) break;
+    await Bun.sleep(250);
+    s = await procStatus(pid);
+  }
+  return s;
 }
 
 interface StoreMem {
@@ -88,8 +105,7 @@ async function nodeMemory(keys: number, extra: string[]) {
     const t0 = performance.now();
     const load = await preload(node, keys, "k", 900);
     const fillS = (performance.now() - t0) / 1000;
-    await Bun.sleep(1000);
-    const after = await procStatus(node.proc.pid);
+    const after = await settledStatus(node.proc.pid);
     const health = await node.health();
     return {
       flags: extra.join(" ") || "(defaults)",

@@ -128,7 +128,8 @@ type Setter = { status?: number | string; headers: Record<string, string | numbe
  * when that is not the node asked (a forwarded answer) or when the asker is a node (`own`).
  */
 function answer(r: Reply, set: Setter, own?: Record<string, string>): never {
-  set.status = r.status;
+  // Elysia answers a plain 200 on a faster path when the status was never assigned (~7% of a GET).
+  if (r.status !== 200) set.status = r.status;
   const h = r.headers ?? own;
   if (h) Object.assign(set.headers, h);
   return r.body as never;
