@@ -9,6 +9,7 @@
 import { run } from "mitata";
 import { registerMicro } from "./micro.ts";
 import type { BenchContext, Section } from "./context.ts";
+import { fmt, printTable } from "./load.ts";
 
 const argv = process.argv.slice(2);
 const quick = argv.includes("--quick");
@@ -24,8 +25,15 @@ console.log(`kvnode benchmarks: bun ${Bun.version}, ${navigator.hardwareConcurre
 if (wanted("micro")) {
   registerMicro({ quick });
   const result = await run();
-  ctx.results.micro = result.benchmarks.flatMap((b) =>
-    b.runs.map((r) => ({ name: `${b.alias}: ${r.name}`, ns_per_op: r.stats?.avg ?? null, ops_per_s: r.stats ? Math.round(1e9 / r.stats.avg) : null, p99_ns: r.stats?.p99 ?? null })),
+  const groupName = (b: object) => (result.layout[(b as { group?: number }).group ?? -1]?.name as string | null | number | undefined) || "";
+  const micro = result.benchmarks.flatMap((b) =>
+    b.runs.map((r) => ({ name: groupName(b) ? `${groupName(b)}: ${r.name}` : r.name, ns_per_op: r.stats?.avg ?? null, ops_per_s: r.stats ? Math.round(1e9 / r.stats.avg) : null, p99_ns: r.stats?.p99 ?? null })),
+  );
+  ctx.results.micro = micro;
+  console.log("");
+  printTable(
+    ["micro-benchmark", "ns/op", "ops/s", "p99 ns"],
+    micro.map((m) => [m.name, fmt(m.ns_per_op, 1), fmt(m.ops_per_s, 0), fmt(m.p99_ns, 1)]),
   );
 }
 
