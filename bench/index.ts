@@ -25,7 +25,9 @@ console.log(`kvnode benchmarks: bun ${Bun.version}, ${navigator.hardwareConcurre
 if (wanted("micro")) {
   registerMicro({ quick });
   const result = await run();
-  const groupName = (b: object) => (result.layout[(b as { group?: number }).group ?? -1]?.name as string | null | number | undefined) || "";
+  // mitata returns the group names in `layout` (not in its type declarations); b.group indexes it.
+  const layout = (result as unknown as { layout: { name: string | number | null }[] }).layout;
+  const groupName = (b: object) => layout[(b as { group?: number }).group ?? -1]?.name || "";
   const micro = result.benchmarks.flatMap((b) =>
     b.runs.map((r) => ({ name: groupName(b) ? `${groupName(b)}: ${r.name}` : r.name, ns_per_op: r.stats?.avg ?? null, ops_per_s: r.stats ? Math.round(1e9 / r.stats.avg) : null, p99_ns: r.stats?.p99 ?? null })),
   );
