@@ -66,6 +66,8 @@ export class Writer {
 /** Thrown only inside decoders and caught there: decoders return reasons, never throw. */
 export class Short extends Error {}
 
+const utf8 = new TextDecoder();
+
 export class Reader {
   pos: number;
   constructor(
@@ -104,8 +106,9 @@ export class Reader {
   }
   private text(n: number): string {
     this.need(n);
-    const b = this.buf;
-    const s = Buffer.from(b.buffer, b.byteOffset + this.pos, n).toString("utf8");
+    // A view and TextDecoder: ~half the cost of wrapping the bytes in a Buffer to call toString
+    // (the same replacement of invalid UTF-8).
+    const s = utf8.decode(this.buf.subarray(this.pos, this.pos + n));
     this.pos += n;
     return s;
   }

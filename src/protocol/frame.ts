@@ -146,43 +146,45 @@ export function decodeFrame(buf: Uint8Array, offset: number, frameBytesMax: numb
   const r = new Reader(buf, offset + 5, end);
   try {
     const type = r.u8();
-    const h: Header = { group: r.u32(), term: r.u64(), seq: r.u64() };
+    const group = r.u32();
+    const term = r.u64();
+    const seq = r.u64();
     let frame: Frame;
-    switch (type) {
-      case FrameType.Hello:
-        frame = { type, ...h, cluster: r.str32(), nodeId: r.str32(), historyId: r.str32() };
-        break;
-      case FrameType.Welcome:
-        frame = { type, ...h, historyId: r.str32(), mode: r.u8() };
-        break;
-      case FrameType.SnapshotBegin:
-        frame = { type, ...h, historyId: r.str32(), count: r.u32() };
-        break;
-      case FrameType.SnapshotChunk: {
-        const n = r.u32();
-        // Each entry takes at least 16 bytes: a count larger than the frame allows is garbage.
-        if (n * 16 > end - r.pos) return { ok: false, reason: "malformed" };
-        const entries: SnapshotEntry[] = new Array(n);
-        for (let i = 0; i < n; i++) entries[i] = { key: r.str32(), value: r.str32(), version: r.u64() };
-        frame = { type, ...h, entries };
-        break;
+    // Entries first, and built field by field: they are nearly every frame on a replication link.
+    if (type === FrameType.Put) frame = { type, group, term, seq, key: r.str32(), value: r.str32() };
+    else if (type === FrameType.Delete) frame = { type, group, term, seq, key: r.str32() };
+    else {
+      const h: Header = { group, term, seq };
+      switch (type) {
+        case FrameType.Hello:
+          frame = { type, ...h, cluster: r.str32(), nodeId: r.str32(), historyId: r.str32() };
+          break;
+        case FrameType.Welcome:
+          frame = { type, ...h, historyId: r.str32(), mode: r.u8() };
+          break;
+        case FrameType.SnapshotBegin:
+          frame = { type, ...h, historyId: r.str32(), count: r.u32() };
+          break;
+        case FrameType.SnapshotChunk: {
+          const n = r.u32();
+          // Each entry takes at least 16 bytes: a count larger than the frame allows is garbage.
+          if (n * 16 > end - r.pos) return { ok: false, reason: "malformed" };
+          const entries: SnapshotEntry[] = new Array(n);
+          for (let i = 0; i < n; i++) entries[i] = { key: r.str32(), value: r.str32(), version: r.u64() };
+          frame = { type, ...h, entries };
+          break;
+        }
+        case FrameType.Error:
+          frame = { type, ...h, message: r.str32() };
+          break;
+        case FrameType.SnapshotEnd:
+        case FrameType.Ack:
+        case FrameType.Ping:
+          frame = { type, ...h };
+          break;
+        default:
+          return { ok: false, reason: "bad-type" };
       }
-      case FrameType.Put:
-        frame = { type, ...h, key: r.str32(), value: r.str32() };
-        break;
-      case FrameType.Delete:
-        frame = { type, ...h, key: r.str32() };
-        break;
-      case FrameType.Error:
-        frame = { type, ...h, message: r.str32() };
-        break;
-      case FrameType.SnapshotEnd:
-      case FrameType.Ack:
-      case FrameType.Ping:
-        frame = { type, ...h };
-        break;
-      default:
-        return { ok: false, reason: "bad-type" };
     }
     if (!r.done()) return { ok: false, reason: "malformed" };
     return { ok: true, frame, next: end };
