@@ -28,9 +28,6 @@ const routes: Record<string, string[]> = {
   "/health": ["GET"],
   "/admin/drain": ["POST"],
   "/internal/import": ["POST"],
-  "/internal/get": ["GET"],
-  "/internal/set": ["POST"],
-  "/internal/delete": ["DELETE"],
 };
 
 /** Largest /set body we read: the largest key and value, JSON-escaped (up to 6 bytes a byte). */
@@ -63,7 +60,16 @@ function checkQueryEncoding(request: Request, key: string | undefined): void {
   }
 }
 
-function checkKey(s: KvService, key: string | undefined): string {
+/** The answer for an error thrown while serving a request: our errors by kind, anything else 500. */
+export function errorReply(e: unknown): Reply {
+  if (e instanceof KvError) {
+    const body = e instanceof UnavailableError && e.group !== undefined ? { error: e.message, group: e.group } : { error: e.message };
+    return { status: statusOf(e), body };
+  }
+  return { status: 500, body: { error: `Internal error: ${String((e as Error)?.message ?? e)}` } };
+}
+
+export function checkKey(s: Pick<KvService, "keyBytesMax">, key: string | undefined): string {
   if (key === undefined) throw new BadRequestError("Missing key: pass it as ?key=");
   if (key.length === 0) throw new BadRequestError("Key must not be empty");
   if (!isWellFormed(key)) throw new BadRequestError("Key is not valid Unicode (it has a lone surrogate)");
@@ -72,7 +78,7 @@ function checkKey(s: KvService, key: string | undefined): string {
   return key;
 }
 
-function checkValue(s: KvService, key: string, value: string): void {
+export function checkValue(s: Pick<KvService, "valueBytesMax">, key: string, value: string): void {
   if (!isWellFormed(value)) throw new BadRequestError(`Cannot set "${key.slice(0, 64)}": value is not valid Unicode (it has a lone surrogate)`);
   const n = value.length > s.valueBytesMax / 3 ? utf8Length(value) : value.length;
   if (n > s.valueBytesMax) throw new TooLargeError(`Cannot set "${key.slice(0, 64)}": value is ${n} bytes, limit is ${s.valueBytesMax}`);
@@ -114,9 +120,9 @@ function contextOf(request: Request, anyReplica = false): RequestContext {
 }
 
 /**
- * A client's request to /get, /set or /delete: nothing forwarded it. The public routes do not read
- * headers at all (building a request's Headers costs ~5% of a GET); nodes forward to the
- * /internal/ routes, which take the context from the headers.
+ * A request to /get, /set or /delete comes from a client: nodes forward these over the cluster
+ * port. The routes do not read headers at all (building a request's Headers costs ~5% of a GET),
+ * so a client cannot pose as a forwarding node.
  */
 const CLIENT: RequestContext = Object.freeze({ hops: 0, targetGroup: undefined, noFallback: false, anyReplica: false });
 const CLIENT_ANY: RequestContext = Object.freeze({ ...CLIENT, anyReplica: true });
@@ -154,28 +160,29 @@ function describeValidation(error: unknown): string {
 export function createApi(s: KvService) {
   const bodyLimit = bodyBytesMax(s);
   const errors = { 400: ErrorBody, 404: ErrorBody, 413: ErrorBody, 503: ErrorBody, 507: ErrorBody } as const;
-  /** Headers naming this node, on every answer to another node (it passes them on). */
+  /** Headers naming this node, on answers to another node's HTTP forwards (/keys, drain, import). */
   const own = { [NODE_HEADER]: s.nodeId, [SERVED_GROUP_HEADER]: String(s.group) };
 
-  // The handlers of /get, /set and /delete; their /internal/ twins differ only in the context.
-  const readKey = (query: { key?: string; replica?: string }, request: Request, set: Setter, ctx: RequestContext, ownHeaders?: Record<string, string>) => {
+  // The handlers of /get, /set and /delete (nodes forward these over the cluster port instead:
+  // src/routing/link.ts and src/node/requests.ts).
+  const readKey = (query: { key?: string; replica?: string }, request: Request, set: Setter, ctx: RequestContext) => {
     checkQueryEncoding(request, query.key);
     const key = checkKey(s, query.key);
     if (query.replica !== undefined && query.replica !== "any" && query.replica !== "leader")
       throw new BadRequestError(`Invalid replica "${query.replica}": use any or leader`);
     const r = s.get(key, ctx);
-    if (r instanceof Promise) return r.then((x) => answer(x, set, ownHeaders)) as never;
-    return answer(r, set, ownHeaders);
+    if (r instanceof Promise) return r.then((x) => answer(x, set)) as never;
+    return answer(r, set);
   };
-  const writeKey = async (body: { key: string; value: string }, ctx: RequestContext, set: Setter, ownHeaders?: Record<string, string>) => {
+  const writeKey = async (body: { key: string; value: string }, ctx: RequestContext, set: Setter) => {
     const key = checkKey(s, body.key);
     checkValue(s, key, body.value);
-    return answer(await s.set(key, body.value, ctx), set, ownHeaders);
+    return answer(await s.set(key, body.value, ctx), set);
   };
-  const deleteKey = async (query: { key?: string }, request: Request, set: Setter, ctx: RequestContext, ownHeaders?: Record<string, string>) => {
+  const deleteKey = async (query: { key?: string }, request: Request, set: Setter, ctx: RequestContext) => {
     checkQueryEncoding(request, query.key);
     const key = checkKey(s, query.key);
-    return answer(await s.delete(key, ctx), set, ownHeaders);
+    return answer(await s.delete(key, ctx), set);
   };
   return new Elysia({ name: "kvnode-api" })
     .use(docsAssets())
@@ -206,8 +213,9 @@ export function createApi(s: KvService) {
       // Our parser's errors reach here wrapped in Elysia's ParseError (code "PARSE"), as its cause.
       const kv = error instanceof KvError ? error : (error as { cause?: unknown })?.cause;
       if (kv instanceof KvError) {
-        set.status = statusOf(kv);
-        return kv instanceof UnavailableError && kv.group !== undefined ? { error: kv.message, group: kv.group } : { error: kv.message };
+        const r = errorReply(kv);
+        set.status = r.status;
+        return r.body;
       }
       if (code === "VALIDATION" && (error as { type?: string }).type === "response") {
         set.status = 500;
@@ -245,12 +253,6 @@ export function createApi(s: KvService) {
         description: "Any node accepts any key: the write is forwarded to the leader of the group that owns the key on the ring, and answered as that leader answers.",
       },
     })
-    .post("/internal/set", ({ body, request, set }) => writeKey(body, contextOf(request), set, own), {
-      parse: [({ request }) => parseJsonBody(request, bodyLimit), "json"],
-      body: SetBody,
-      response: { 200: SetReply, ...errors },
-      detail: { hide: true },
-    })
     .get("/get", ({ query, request, set }) => readKey(query, request, set, query.replica === "any" ? CLIENT_ANY : CLIENT), {
       query: GetQuery,
       response: { 200: GetReply, ...errors },
@@ -260,20 +262,10 @@ export function createApi(s: KvService) {
           "A node of the owning group answers from its own copy; any other node forwards to the owning group's leader (or, with replica=any, to any of its members).",
       },
     })
-    .get("/internal/get", ({ query, request, set }) => readKey(query, request, set, contextOf(request, query.replica === "any"), own), {
-      query: GetQuery,
-      response: { 200: GetReply, ...errors },
-      detail: { hide: true },
-    })
     .delete("/delete", ({ query, request, set }) => deleteKey(query, request, set, CLIENT), {
       query: KeyQuery,
       response: { 200: DeleteReply, ...errors },
       detail: { summary: "Delete a key", description: "Forwarded to the leader of the group that owns the key." },
-    })
-    .delete("/internal/delete", ({ query, request, set }) => deleteKey(query, request, set, contextOf(request), own), {
-      query: KeyQuery,
-      response: { 200: DeleteReply, ...errors },
-      detail: { hide: true },
     })
     .get(
       "/keys",

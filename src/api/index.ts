@@ -1,3 +1,3 @@
-export { createApi, bodyBytesMax, HOPS_HEADER, type Api } from "./app.ts";
+export { createApi, bodyBytesMax, checkKey, checkValue, errorReply, HOPS_HEADER, type Api } from "./app.ts";
 export type { KvService, Reply, KeysQuery, KeysPage } from "./service.ts";
 export * as schemas from "./schemas.ts";

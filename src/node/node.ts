@@ -13,9 +13,11 @@ import { Follower } from "../replication/follower.ts";
 import { type FollowerLink, Leader } from "../replication/leader.ts";
 import type { Outbox } from "../replication/outbox.ts";
 import { type ClientLink, type ServerConn, connectReplication, listenReplication } from "../replication/tcp.ts";
+import { RequestLinks } from "../routing/link.ts";
 import { Store } from "../store/store.ts";
 import type { NodeConfig } from "./config.ts";
 import { Durability } from "./durability.ts";
+import { RequestConn, createRequestServer } from "./requests.ts";
 import { createService } from "./service.ts";
 import { createViews } from "./views.ts";
 
@@ -130,13 +132,27 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     );
   }
 
-  // --- replication listener: every node listens; only a leader accepts followers.
+  // --- cluster port: every node serves forwarded requests; only a leader accepts followers.
+  let serveRequest: ReturnType<typeof createRequestServer> | null = null;
   const replication = listenReplication(
     config.host,
     config.port,
     frameMax,
     {
       onFrames(conn: ServerConn, frames) {
+        // A connection whose first frame is a Request carries forwarded requests (any node serves them).
+        if (conn.state === undefined && frames[0]!.type === FrameType.Request) {
+          conn.state = new RequestConn(conn.out);
+          conn.quiet = true;
+        }
+        if (conn.state instanceof RequestConn) {
+          if (!serveRequest) return "this node is still starting";
+          for (const f of frames) {
+            if (f.type !== FrameType.Request) return `unexpected frame type ${f.type} on a request link`;
+            serveRequest(conn.state, f);
+          }
+          return undefined;
+        }
         if (!leader) return `this node is not a leader (group ${config.group})`;
         let link = conn.state as FollowerLink | undefined;
         if (!link) link = conn.state = leader.attach(conn.out, conn.remote);
@@ -147,10 +163,10 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         return undefined;
       },
       onDrain(conn) {
-        if (leader && conn.state) leader.pump(conn.state as FollowerLink);
+        if (leader && conn.state && !(conn.state instanceof RequestConn)) leader.pump(conn.state as FollowerLink);
       },
       onClose(conn) {
-        if (leader && conn.state) {
+        if (leader && conn.state && !(conn.state instanceof RequestConn)) {
           const link = conn.state as FollowerLink;
           leader.detach(link);
           if (link.nodeId) log.info("follower disconnected", { node_id: link.nodeId, acked_seq: link.acked });
@@ -270,7 +286,11 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   };
 
   // --- the service behind the API (src/node/service.ts)
+  // Forwarded requests go out on request links (src/routing/link.ts): their answers can be the
+  // JSON of a whole value, each byte escaped as up to 6.
+  const links = new RequestLinks(6 * (config.keyBytesMax + config.valueBytesMax) + 64 * 1024, log);
   const { service, mover, currentRing, settle } = createService({
+    links,
     config,
     nodeId,
     store,
@@ -285,6 +305,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     now,
     log,
   });
+  serveRequest = createRequestServer(service);
 
   const { cluster: clusterView, health: healthView } = createViews({
     config,
@@ -395,6 +416,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       if (reconnectTimer) clearTimeout(reconnectTimer);
       discovery.stop();
       link?.close();
+      links.close();
       replication.stop();
       await http.stop(true);
       for (const w of applyWaiters) w.resolve();

@@ -12,6 +12,8 @@ import type { Follower } from "../replication/follower.ts";
 import type { Leader } from "../replication/leader.ts";
 import { HashRing } from "../ring/ring.ts";
 import { forward } from "../routing/forward.ts";
+import type { RequestLinks } from "../routing/link.ts";
+import { RequestOp } from "../protocol/frame.ts";
 import { HOPS_MAX, type RequestContext, RingCache, type RoutingView, routeRead, routeWrite } from "../routing/router.ts";
 import type { Store } from "../store/store.ts";
 import type { NodeConfig } from "./config.ts";
@@ -19,6 +21,8 @@ import { type Durability, storageError } from "./durability.ts";
 import { Mover } from "./mover.ts";
 
 export interface ServiceDeps {
+  /** Forwarded gets, sets and deletes go out on these (binary frames on the cluster port). */
+  links: RequestLinks;
   config: NodeConfig;
   nodeId: string;
   store: Store;
@@ -46,7 +50,7 @@ export interface NodeService {
 }
 
 export function createService(d: ServiceDeps): NodeService {
-  const { config, nodeId, store, leader, follower, membership, durability, applyWaiters, now, log } = d;
+  const { links, config, nodeId, store, leader, follower, membership, durability, applyWaiters, now, log } = d;
   // --- routing: any node serves any key (src/routing)
   // Bun's native murmur3 (same values as src/ring/hash.ts for well-formed strings; keys are checked).
   const nativeHash = (s: string) => Bun.hash.murmur32v3(s);
@@ -112,7 +116,7 @@ export function createService(d: ServiceDeps): NodeService {
     if (!leader && own) tries.push([own, config.group]);
     for (const [m, g] of tries) {
       try {
-        const r = await forward(m, "GET", `/internal/get?key=${enc(key)}`, undefined, { hops: ctx.hops, group: g, noFallback: true });
+        const r = await links.forward(m, RequestOp.Get, key, "", { hops: ctx.hops, group: g, noFallback: true });
         if (r.status === 200) return r;
       } catch {}
     }
@@ -196,10 +200,10 @@ export function createService(d: ServiceDeps): NodeService {
       const route = routeRead(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot read "${key.slice(0, 64)}": ${route.why}`, route.group);
       if (route.kind === "forward")
-        return forward(route.to, "GET", `/internal/get?key=${enc(key)}${ctx.anyReplica ? "&replica=any" : ""}`, undefined, { hops: ctx.hops, group: route.group });
+        return links.forward(route.to, RequestOp.Get, key, "", { hops: ctx.hops, group: route.group, anyReplica: ctx.anyReplica });
       // Named for our group by a node whose ring is behind ours: pass it on to the owner once.
       const other = ctx.noFallback ? undefined : misdirected(key, ctx);
-      if (other) return forward(other.to, "GET", `/internal/get?key=${enc(key)}${ctx.anyReplica ? "&replica=any" : ""}`, undefined, { hops: ctx.hops, group: other.group });
+      if (other) return links.forward(other.to, RequestOp.Get, key, "", { hops: ctx.hops, group: other.group, anyReplica: ctx.anyReplica });
       const e = store.get(key);
       if (e) return { status: 200, body: { key, value: e.value, version: e.version } };
       // A tombstone here means the key was deleted here: a copy still on its previous owner is older.
@@ -210,9 +214,9 @@ export function createService(d: ServiceDeps): NodeService {
       if (!isSettled) await settled;
       const route = routeWrite(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot write "${key.slice(0, 64)}": ${route.why}`, route.group);
-      if (route.kind === "forward") return ownGroupWrite(await forward(route.to, "POST", "/internal/set", JSON.stringify({ key, value }), { hops: ctx.hops, group: route.group }), route.group);
+      if (route.kind === "forward") return ownGroupWrite(await links.forward(route.to, RequestOp.Set, key, value, { hops: ctx.hops, group: route.group }), route.group);
       const other = misdirected(key, ctx);
-      if (other) return forward(other.to, "POST", "/internal/set", JSON.stringify({ key, value }), { hops: ctx.hops, group: other.group });
+      if (other) return links.forward(other.to, RequestOp.Set, key, value, { hops: ctx.hops, group: other.group });
       const seq = leader!.set(key, value);
       await durableOrThrow(seq);
       return { status: 200, body: { status: "ok", key, version: seq } };
@@ -221,10 +225,9 @@ export function createService(d: ServiceDeps): NodeService {
       if (!isSettled) await settled;
       const route = routeWrite(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot delete "${key.slice(0, 64)}": ${route.why}`, route.group);
-      const path = `/internal/delete?key=${enc(key)}`;
-      if (route.kind === "forward") return ownGroupWrite(await forward(route.to, "DELETE", path, undefined, { hops: ctx.hops, group: route.group }), route.group);
+      if (route.kind === "forward") return ownGroupWrite(await links.forward(route.to, RequestOp.Delete, key, "", { hops: ctx.hops, group: route.group }), route.group);
       const other = misdirected(key, ctx);
-      if (other) return forward(other.to, "DELETE", path, undefined, { hops: ctx.hops, group: other.group });
+      if (other) return links.forward(other.to, RequestOp.Delete, key, "", { hops: ctx.hops, group: other.group });
       let { existed, seq } = leader!.delete(key);
       if (!existed && rebalancing() && !ctx.noFallback) {
         // The key may not have moved here yet: a tombstone keeps the move from bringing it back.

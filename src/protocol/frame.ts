@@ -1,5 +1,6 @@
 /**
- * Replication frames on the TCP link between a leader and its followers.
+ * Frames on the cluster port: replication between a leader and its followers, and requests one
+ * node forwards to another (Request / Response, on links of their own).
  *
  * Every frame: u32 length of what follows, then a 22-byte header and a payload (big-endian):
  *
@@ -8,7 +9,7 @@
  *   5  u8  type     FrameType
  *   6  u32 group    replication group
  *  10  u64 term     leader term (history epoch); 1 until leader election exists
- *  18  u64 seq      sequence the frame is about (entry seq, acked seq, snapshot seq...)
+ *  18  u64 seq      sequence the frame is about (entry seq, acked seq, snapshot seq, request id)
  *  26  payload      per type, strings as u32 byte length + UTF-8 bytes
  *
  * Binary safe: keys and values are length-prefixed, so any character (NUL, newline, `|`) passes.
@@ -30,10 +31,17 @@ export const FrameType = {
   Ack: 8,
   Ping: 9,
   Error: 10,
+  Request: 11,
+  Response: 12,
 } as const;
 export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 
 export const WelcomeMode = { Tail: 0, Snapshot: 1 } as const;
+
+/** What a forwarded Request asks for. ONLY APPEND: on the wire. */
+export const RequestOp = { Get: 1, Set: 2, Delete: 3 } as const;
+/** Bits of a Request's flags. */
+export const RequestFlag = { NoFallback: 1, AnyReplica: 2 } as const;
 
 export interface Header {
   group: number;
@@ -57,7 +65,11 @@ export type Frame =
   | (Header & { type: typeof FrameType.Delete; key: string })
   | (Header & { type: typeof FrameType.Ack })
   | (Header & { type: typeof FrameType.Ping })
-  | (Header & { type: typeof FrameType.Error; message: string });
+  | (Header & { type: typeof FrameType.Error; message: string })
+  /** group: the group it is meant for; seq: the request id, echoed in the Response. */
+  | (Header & { type: typeof FrameType.Request; op: number; flags: number; hops: number; key: string; value: string })
+  /** group: the group of the node that served it; body: the API's JSON answer. */
+  | (Header & { type: typeof FrameType.Response; status: number; nodeId: string; body: string });
 
 export type DecodeFailure = "need-more" | "too-large" | "too-small" | "bad-version" | "bad-type" | "malformed";
 export type Decoded = { ok: true; frame: Frame; next: number } | { ok: false; reason: DecodeFailure };
@@ -120,6 +132,12 @@ export function encodeFrame(f: Frame): Buffer {
     case FrameType.Error:
       w.str32(f.message);
       break;
+    case FrameType.Request:
+      w.u8(f.op).u8(f.flags).u32(f.hops).str32(f.key).str32(f.value);
+      break;
+    case FrameType.Response:
+      w.u16(f.status).str32(f.nodeId).str32(f.body);
+      break;
     case FrameType.SnapshotEnd:
     case FrameType.Ack:
     case FrameType.Ping:
@@ -176,6 +194,12 @@ export function decodeFrame(buf: Uint8Array, offset: number, frameBytesMax: numb
         }
         case FrameType.Error:
           frame = { type, ...h, message: r.str32() };
+          break;
+        case FrameType.Request:
+          frame = { type, ...h, op: r.u8(), flags: r.u8(), hops: r.u32(), key: r.str32(), value: r.str32() };
+          break;
+        case FrameType.Response:
+          frame = { type, ...h, status: r.u16(), nodeId: r.str32(), body: r.str32() };
           break;
         case FrameType.SnapshotEnd:
         case FrameType.Ack:

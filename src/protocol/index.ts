@@ -3,6 +3,8 @@ export {
   FRAME_HEADER_BYTES,
   FrameType,
   WelcomeMode,
+  RequestOp,
+  RequestFlag,
   type FrameTypeCode,
   type Frame,
   type Header,

@@ -13,8 +13,10 @@ export const LINK_IDLE_TIMEOUT_S = 10;
 export interface ServerConn {
   readonly remote: string;
   readonly out: Outbox;
-  /** What the handler attached to this connection (a follower link). */
+  /** What the handler attached to this connection (a follower link, or a request link). */
   state: unknown;
+  /** Close it without a warning when it idles (a request link between requests). */
+  quiet?: boolean;
 }
 
 export interface ReplicationServerHandlers {
@@ -61,7 +63,7 @@ export function listenReplication(host: string, port: number, frameBytesMax: num
         if (socket.data.conn.out.flush()) h.onDrain(socket.data.conn);
       },
       timeout(socket) {
-        log.warn("replication connection idle, closing", { remote: socket.data.conn.remote });
+        if (!socket.data.conn.quiet) log.warn("replication connection idle, closing", { remote: socket.data.conn.remote });
         socket.end();
       },
       close(socket) {

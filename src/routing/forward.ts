@@ -23,6 +23,8 @@ export interface ForwardOptions {
   hops: number;
   group: number;
   noFallback?: boolean;
+  /** A read any member of the group may answer (over request links; HTTP puts it in the query). */
+  anyReplica?: boolean;
   timeoutMs?: number;
 }
 

@@ -3,9 +3,9 @@
  * port, garbage frames on the replication port, and a follower too slow for the leader's history.
  */
 import { describe, expect, test } from "bun:test";
-import { encodeDatagram, DatagramType, FrameType, encodeFrame, PROTOCOL_VERSION } from "../../src/protocol/index.ts";
+import { encodeDatagram, DatagramType, FrameType, encodeFrame, PROTOCOL_VERSION, RequestOp } from "../../src/protocol/index.ts";
 import { SO_REUSEADDR } from "../../src/discovery/udp.ts";
-import { TestCluster, freeUdpPort } from "../support/cluster.ts";
+import { TestCluster, forwardedRequest, freeUdpPort } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
 
 async function udpSender() {
@@ -134,10 +134,15 @@ describe("the replication port", () => {
     const wrongCluster = encodeFrame({ type: FrameType.Hello, group: 0, term: 0, seq: 0, cluster: "other", nodeId: "n", historyId: "" });
     const wrongGroup = encodeFrame({ type: FrameType.Hello, group: 3, term: 0, seq: 0, cluster: c.name, nodeId: "n", historyId: "" });
     const http = new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    // A request link that then sends something other than a Request.
+    const requestThenHello = Buffer.concat([
+      encodeFrame({ type: FrameType.Request, group: 0, term: 0, seq: 1, op: RequestOp.Get, flags: 0, hops: 1, key: "k", value: "" }),
+      encodeFrame({ type: FrameType.Hello, group: 0, term: 0, seq: 0, cluster: c.name, nodeId: "n", historyId: "" }),
+    ]);
     const random = crypto.getRandomValues(new Uint8Array(4096));
 
     for (const port of [leader.clusterPort, f.clusterPort])
-      for (const bytes of [hugeLength, wrongVersion, unknownType, truncatedHello, ackBeforeHello, wrongCluster, wrongGroup, http, random]) {
+      for (const bytes of [hugeLength, wrongVersion, unknownType, truncatedHello, ackBeforeHello, wrongCluster, wrongGroup, http, random, requestThenHello]) {
         const r = await tcpSend(port, bytes);
         expect(r.closedByPeer).toBe(true);
       }
@@ -147,6 +152,30 @@ describe("the replication port", () => {
     expect((await leader.set("still", "works")).status).toBe(200);
     await waitFor("replication after garbage frames", async () => (await f.get("still")).status === 200);
     expect((await leader.cluster()).replication.followers.length).toBe(1);
+  });
+
+  test("forwarded requests with bad input get the API's error answers; the node keeps serving", async () => {
+    await using c = await TestCluster.create();
+    const leader = await c.start({ leader: true, inMemory: true, extra: ["-max-key-bytes", "16", "-max-value-bytes", "32"] });
+    const f = await c.start({ inMemory: true, extra: ["-max-key-bytes", "16", "-max-value-bytes", "32"] });
+    await c.awaitInSync(leader, f);
+    for (const n of [leader, f]) {
+      const cases: [string, Promise<{ status: number; body: any }>, number][] = [
+        ["empty key", forwardedRequest(n, "Get", "", { hops: 1, group: 0 }), 400],
+        ["key too large", forwardedRequest(n, "Delete", "k".repeat(17), { hops: 1, group: 0 }), 413],
+        ["value too large", forwardedRequest(n, "Set", "k", { value: "v".repeat(33), hops: 1, group: 0 }), 413],
+        ["missing key", forwardedRequest(n, "Get", "absent", { hops: 1, group: 0 }), 404],
+      ];
+      for (const [what, pending, status] of cases) {
+        const r = await pending;
+        expect({ what, node: n.nodeId, status: r.status, error: typeof r.body.error }).toEqual({ what, node: n.nodeId, status, error: "string" });
+      }
+    }
+    // A forwarded write through the follower lands on the leader and reads back through both.
+    const w = await forwardedRequest(f, "Set", "k", { value: "v", hops: 1, group: 0 });
+    expect(w).toMatchObject({ status: 200, nodeId: leader.nodeId, group: 0 });
+    for (const n of [leader, f]) expect((await forwardedRequest(n, "Get", "k", { hops: 1, group: 0 })).body).toMatchObject({ key: "k", value: "v" });
+    for (const n of [leader, f]) expect((await n.health()).status).toBe("healthy");
   });
 });
 

@@ -7,9 +7,8 @@
 import { describe, expect, test } from "bun:test";
 import { HashRing } from "../../src/ring/ring.ts";
 import { HOPS_MAX } from "../../src/routing/router.ts";
-import { GROUP_HEADER, HOPS_HEADER } from "../../src/routing/forward.ts";
 import { limits } from "../../src/lib/limits.ts";
-import { type NodeProc, TestCluster } from "../support/cluster.ts";
+import { type NodeProc, TestCluster, forwardedRequest } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
 import { prng } from "../support/prng.ts";
 
@@ -507,16 +506,8 @@ describe("no forwarding loops", () => {
     const ownedBy = (g: number, prefix: string) => Array.from({ length: 1000 }, (_, i) => `${prefix}-${i}`).filter((k) => ring.ownerOf(k) === g);
     const keyOfB = ownedBy(1, "b")[0]!;
 
-    /** A request as a forwarding node would send it; returns the answer and how long it took. */
-    async function send(n: NodeProc, method: string, path: string, headers: Record<string, string>, body?: unknown) {
-      const t0 = performance.now();
-      const r = await n.request(path, {
-        method,
-        headers: { ...headers, ...(body !== undefined ? { "content-type": "application/json" } : {}) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      return { ...r, ms: performance.now() - t0 };
-    }
+    /** A request as a forwarding node would send it: a Request frame on the node's cluster port. */
+    const send = forwardedRequest;
     const quick = limits.forwardTimeoutMs / 5; // well under the forward timeout: nothing waited for one
     function expect503(r: { status: number; body: any; ms: number }, what: string) {
       expect({ what, status: r.status }).toEqual({ what, status: 503 });
@@ -530,25 +521,24 @@ describe("no forwarding loops", () => {
     const before = await seqs();
 
     // A's ring says B owns the key; the request claims A and has (almost) used up its hops.
-    const setBody = { key: keyOfB, value: "must-not-land" };
+    const value = "must-not-land";
     for (const hops of [HOPS_MAX - 1, HOPS_MAX]) {
-      const h = { [HOPS_HEADER]: String(hops), [GROUP_HEADER]: "0" };
-      expect503(await send(lA, "POST", "/internal/set", h, setBody), `set on A's leader, hops ${hops}`);
-      expect503(await send(lA, "DELETE", `/internal/delete?key=${encodeURIComponent(keyOfB)}`, h), `delete on A's leader, hops ${hops}`);
+      expect503(await send(lA, "Set", keyOfB, { value, hops, group: 0 }), `set on A's leader, hops ${hops}`);
+      expect503(await send(lA, "Delete", keyOfB, { hops, group: 0 }), `delete on A's leader, hops ${hops}`);
       // Through A's follower: it may pass the request to its leader, which refuses it.
-      expect503(await send(fA, "POST", "/internal/set", h, setBody), `set on A's follower, hops ${hops}`);
+      expect503(await send(fA, "Set", keyOfB, { value, hops, group: 0 }), `set on A's follower, hops ${hops}`);
     }
     // A read naming B sent to A with no hops left is refused rather than forwarded.
-    expect503(await send(lA, "GET", `/internal/get?key=${encodeURIComponent(keyOfB)}`, { [HOPS_HEADER]: String(HOPS_MAX), [GROUP_HEADER]: "1" }), "get naming B on A, hops max");
+    expect503(await send(lA, "Get", keyOfB, { hops: HOPS_MAX, group: 1 }), "get naming B on A, hops max");
 
-    // A hop count far past the limit is refused at once, with or without a target group.
-    const huge = { [HOPS_HEADER]: "999999999999" };
+    // A hop count far past the limit is refused at once, whatever group it names.
+    const huge = 0xffffffff;
     for (const n of all) {
-      expect503(await send(n, "POST", "/internal/set", huge, { key: keyOfB, value: "x" }), `set with huge hops on ${n.nodeId}`);
-      expect503(await send(n, "POST", "/internal/set", { ...huge, [GROUP_HEADER]: "1" }, { key: keyOfB, value: "x" }), `set with huge hops naming B on ${n.nodeId}`);
-      expect503(await send(n, "DELETE", `/internal/delete?key=${encodeURIComponent(keyOfB)}`, huge), `delete with huge hops on ${n.nodeId}`);
+      expect503(await send(n, "Set", keyOfB, { value: "x", hops: huge, group: 0 }), `set with huge hops naming A on ${n.nodeId}`);
+      expect503(await send(n, "Set", keyOfB, { value: "x", hops: huge, group: 1 }), `set with huge hops naming B on ${n.nodeId}`);
+      expect503(await send(n, "Delete", keyOfB, { hops: huge, group: 0 }), `delete with huge hops on ${n.nodeId}`);
     }
-    expect503(await send(lA, "GET", `/internal/get?key=${encodeURIComponent(keyOfB)}`, huge), "get of B's key with huge hops on A");
+    expect503(await send(lA, "Get", keyOfB, { hops: huge, group: 0 }), "get of B's key with huge hops on A");
 
     // None of the refused writes landed anywhere.
     expect(await seqs()).toEqual(before);
@@ -556,11 +546,11 @@ describe("no forwarding loops", () => {
 
     // A write naming A sent to B's leader for a key B owns: B sends it to A (the group named), A's
     // ring gives it to B and passes it on once, and B, the owner, stores it. Exactly one write.
-    const w = await send(lB, "POST", "/internal/set", { [GROUP_HEADER]: "0" }, { key: keyOfB, value: "landed" });
+    const w = await send(lB, "Set", keyOfB, { value: "landed", hops: 0, group: 0 });
     expect(w.status).toBe(200);
     expect(w.body).toMatchObject({ status: "ok", key: keyOfB, version: before[1]! + 1 });
-    expect(w.headers.get("x-kvnode-group")).toBe("1");
-    expect(w.headers.get("x-kvnode-node")).toBe(lB.nodeId);
+    expect(w.group).toBe(1);
+    expect(w.nodeId).toBe(lB.nodeId);
     expect(w.ms).toBeLessThan(quick);
     expect(await seqs()).toEqual([before[0]!, before[1]! + 1]);
     expect(await nodeKeys(lA)).not.toContain(keyOfB);
@@ -587,7 +577,7 @@ describe("no forwarding loops", () => {
 
     // What a node whose ring still gives the key to A sends (a write so sent is passed on to B).
     for (const n of [lA, followers[0]!]) {
-      const r = await n.request(`/internal/get?key=${encodeURIComponent(keyOfB)}`, { headers: { [HOPS_HEADER]: "1", [GROUP_HEADER]: "0" } });
+      const r = await forwardedRequest(n, "Get", keyOfB, { hops: 1, group: 0 });
       // Either the value (passed on to B once) or a 503 "retry": never "Key not found" for a key that exists.
       const outcome = r.status === 200 ? `200 ${r.body.value}` : r.status === 503 ? "503" : `${r.status} ${JSON.stringify(r.body)}`;
       expect(["200 held-by-B", "503"]).toContain(outcome);

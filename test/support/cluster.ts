@@ -8,9 +8,34 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { waitFor } from "./wait.ts";
+import { silentLogger } from "../../src/lib/log.ts";
+import { RequestOp } from "../../src/protocol/frame.ts";
+import { RequestLinks } from "../../src/routing/link.ts";
 
 export const repoRoot = join(import.meta.dir, "..", "..");
 export const mainScript = join(repoRoot, "src", "cli", "main.ts");
+
+/**
+ * A request as another node forwards it: a Request frame on `n`'s cluster port carrying `hops`
+ * (as received) and the group it is meant for. Returns the answer, who served it, and how long it took.
+ */
+export async function forwardedRequest(
+  n: NodeProc,
+  op: keyof typeof RequestOp,
+  key: string,
+  o: { value?: string; hops: number; group: number; noFallback?: boolean; anyReplica?: boolean },
+): Promise<{ status: number; body: any; nodeId: string; group: number; ms: number }> {
+  const links = new RequestLinks(64 << 20, silentLogger);
+  const to = { nodeId: n.nodeId, host: n.host, clusterPort: n.clusterPort, apiPort: n.apiPort, group: n.group, leader: false, draining: false, moving: false, term: 0, seq: 0, historyId: "", keys: 0, lastSeenMs: 0 };
+  const t0 = performance.now();
+  try {
+    // The link adds the hop of this forward: pass one less so the node receives `hops`.
+    const r = await links.forward(to, RequestOp[op], key, o.value ?? "", { hops: o.hops - 1, group: o.group, noFallback: o.noFallback, anyReplica: o.anyReplica });
+    return { status: r.status, body: r.body, nodeId: r.headers["x-kvnode-node"]!, group: Number(r.headers["x-kvnode-group"]), ms: performance.now() - t0 };
+  } finally {
+    links.close();
+  }
+}
 
 /** A UDP port nobody on this host is bound to right now. */
 export async function freeUdpPort(): Promise<number> {

@@ -48,6 +48,10 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
   header.map((h) => ({ type: FrameType.Ack, ...h }) as Frame),
   header.map((h) => ({ type: FrameType.Ping, ...h }) as Frame),
   fc.tuple(header, text).map(([h, message]) => ({ type: FrameType.Error, ...h, message }) as Frame),
+  fc
+    .tuple(header, fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 255 }), u32, text, text)
+    .map(([h, op, flags, hops, key, value]) => ({ type: FrameType.Request, ...h, op, flags, hops, key, value }) as Frame),
+  fc.tuple(header, fc.integer({ min: 0, max: 0xffff }), text, text).map(([h, status, nodeId, body]) => ({ type: FrameType.Response, ...h, status, nodeId, body }) as Frame),
 );
 
 const concat = (parts: Uint8Array[]): Uint8Array => Buffer.concat(parts);
@@ -79,6 +83,8 @@ const sample: Frame[] = [
   { type: FrameType.Ack, group: 3, term: 1, seq: 101 },
   { type: FrameType.Ping, group: 3, term: 1, seq: 101 },
   { type: FrameType.Error, group: 0, term: 0, seq: 0, message: "go away" },
+  { type: FrameType.Request, group: 2, term: 0, seq: 7, op: 2, flags: 1, hops: 1, key: "k|1", value: "v\0\n|😀" },
+  { type: FrameType.Response, group: 2, term: 0, seq: 7, status: 200, nodeId: "n-2", body: '{"status":"ok","key":"k|1","version":3}' },
 ];
 
 // --- frames ------------------------------------------------------------------------------------
@@ -184,7 +190,7 @@ describe("replication frames", () => {
   });
 
   test("an unknown frame type is bad-type", () => {
-    for (const t of [0, 11, 200, 255]) {
+    for (const t of [0, 13, 200, 255]) {
       const bytes = Buffer.from(encodeFrame(sample[7]!));
       bytes[5] = t;
       expect(decodeFrame(bytes, 0, MAX)).toEqual({ ok: false, reason: "bad-type" });
