@@ -20,6 +20,8 @@ export const limits = {
   replicationBatchMs: 1,
   /** Bytes queued to one follower's socket beyond which the pump waits for `drain`. */
   followerQueuedBytesMax: 4 * 1024 * 1024,
+  /** Answers queued on one request link that its peer does not read, beyond which it is closed. */
+  requestLinkQueuedBytesMax: 64 * 1024 * 1024,
   /** Forwarding: timeout of one forwarded request (the hop bound is HOPS_MAX in src/routing). */
   forwardTimeoutMs: 5_000,
   /** How long a follower that forwarded a write waits to apply it locally (read-your-writes). */

@@ -6,6 +6,8 @@
 export interface Wire {
   write(bytes: Uint8Array): number;
   end(): void;
+  /** Close at once, dropping what the kernel still holds (a peer that does not read never gets an end). */
+  terminate?(): void;
 }
 
 export class Outbox {
@@ -55,5 +57,15 @@ export class Outbox {
   end(): void {
     this.closed = true;
     this.wire.end();
+  }
+
+  /** Drop everything queued and close the connection at once. */
+  abort(): void {
+    this.closed = true;
+    this.queue = [];
+    this.head = 0;
+    this.queuedBytes = 0;
+    if (this.wire.terminate) this.wire.terminate();
+    else this.wire.end();
   }
 }

@@ -3,6 +3,7 @@
  * port, garbage frames on the replication port, and a follower too slow for the leader's history.
  */
 import { describe, expect, test } from "bun:test";
+import { connect } from "node:net";
 import { encodeDatagram, DatagramType, FrameType, encodeFrame, PROTOCOL_VERSION, RequestOp } from "../../src/protocol/index.ts";
 import { SO_REUSEADDR } from "../../src/discovery/udp.ts";
 import { TestCluster, forwardedRequest, freeUdpPort } from "../support/cluster.ts";
@@ -177,6 +178,28 @@ describe("the replication port", () => {
     for (const n of [leader, f]) expect((await forwardedRequest(n, "Get", "k", { hops: 1, group: 0 })).body).toMatchObject({ key: "k", value: "v" });
     for (const n of [leader, f]) expect((await n.health()).status).toBe("healthy");
   });
+
+  test("a request link whose peer never reads its answers is closed before they outgrow their bound", async () => {
+    await using c = await TestCluster.create();
+    const n = await c.start({ leader: true, inMemory: true });
+    expect((await n.set("big", "x".repeat(1 << 20))).status).toBe(200);
+    // 200 reads of a 1 MiB value, pipelined on one connection that never reads: ~200 MiB of answers.
+    const frames = Buffer.concat(
+      Array.from({ length: 200 }, (_, i) => encodeFrame({ type: FrameType.Request, group: 0, term: 0, seq: i + 1, op: RequestOp.Get, flags: 0, hops: 1, key: "big", value: "" })),
+    );
+    const sock = connect({ host: "127.0.0.1", port: n.clusterPort });
+    let closed = false;
+    sock.on("close", () => (closed = true));
+    sock.on("error", () => {});
+    sock.pause(); // never read
+    sock.write(frames);
+    await waitFor("the node to close the request link", () => closed, 30_000);
+    const rss = Number(/^VmRSS:\s+(\d+) kB/m.exec(await Bun.file(`/proc/${n.proc.pid}/status`).text())?.[1]) * 1024;
+    // Loose: the answers built before the close are garbage not yet collected; unbounded, ~200 MiB would stay queued on top.
+    expect(rss).toBeLessThan(320 * 1024 * 1024);
+    expect((await n.health()).status).toBe("healthy");
+    expect((await n.get("big")).body.value.length).toBe(1 << 20);
+  }, 60_000);
 });
 
 describe("a follower too slow for the leader's history", () => {

@@ -379,6 +379,19 @@ describe("History", () => {
 // --- Outbox ------------------------------------------------------------------------------------
 
 describe("Outbox", () => {
+  test("abort drops what is queued, terminates the connection, and sends nothing after", () => {
+    let terminated = 0;
+    const wire = Object.assign(new FakeWire(() => 1), { terminate: () => terminated++ });
+    const out = new Outbox(wire);
+    out.send(Uint8Array.of(1, 2, 3));
+    expect(out.queuedBytes).toBe(2);
+    out.abort();
+    expect({ terminated, ended: wire.ended, queued: out.queuedBytes, closed: out.closed }).toEqual({ terminated: 1, ended: false, queued: 0, closed: true });
+    out.send(Uint8Array.of(4));
+    expect(out.flush()).toBe(true);
+    expect([...concat(wire.take())]).toEqual([1]);
+  });
+
   test("writes straight through while the socket takes everything", () => {
     const wire = new FakeWire();
     const out = new Outbox(wire);
