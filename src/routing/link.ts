@@ -30,11 +30,18 @@ interface Pending {
 }
 
 const SWEEP_MS = 100;
+/**
+ * A link with nothing in flight for this long is closed by us: the peer closes links silent for
+ * LINK_IDLE_TIMEOUT_S (10 s), and a request sent just as it did would fail for nothing.
+ */
+const IDLE_CLOSE_MS = 5_000;
 
 /** One connection to one peer's cluster port. */
 class Peer {
   out: Outbox | null = null;
   closed = false;
+  /** When the last request was sent (for closing idle links before the peer's idle timeout). */
+  lastUsedMs = performance.now();
   private queue: Uint8Array[] = [];
   private flushing = false;
   private nextId = 1;
@@ -69,6 +76,7 @@ class Peer {
   }
 
   request(frame: (id: number) => Uint8Array, p: Pending): void {
+    this.lastUsedMs = performance.now();
     const id = this.nextId++;
     this.pending.set(id, p);
     this.queue.push(frame(id));
@@ -108,10 +116,12 @@ class Peer {
 export class RequestLinks {
   private readonly peers = new Map<string, Peer>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
+  private reaper: ReturnType<typeof setInterval> | null = null;
 
   constructor(
     private readonly frameBytesMax: number,
     private readonly log: Logger,
+    private readonly idleCloseMs = IDLE_CLOSE_MS,
   ) {}
 
   /** Send one request to `to` (meant for group `o.group`) and wait for its answer. */
@@ -121,6 +131,7 @@ export class RequestLinks {
     if (!peer || peer.closed) {
       peer = new Peer(address, to.host, to.clusterPort, this.frameBytesMax, this.log, (p, reason) => this.gone(p, reason));
       this.peers.set(address, peer);
+      this.reapIdle();
     }
     const timeoutMs = o.timeoutMs ?? limits.forwardTimeoutMs;
     const flags = (o.noFallback ? RequestFlag.NoFallback : 0) | (o.anyReplica ? RequestFlag.AnyReplica : 0);
@@ -168,11 +179,31 @@ export class RequestLinks {
     (this.sweeper as { unref?: () => void }).unref?.();
   }
 
+  /** Close the links idle for idleCloseMs (checked every second at most); runs while any link is open. */
+  private reapIdle(): void {
+    if (this.reaper) return;
+    this.reaper = setInterval(() => {
+      const now = performance.now();
+      for (const p of [...this.peers.values()]) if (p.pending.size === 0 && now - p.lastUsedMs >= this.idleCloseMs) p.link.close();
+      if (this.peers.size === 0 && this.reaper) {
+        clearInterval(this.reaper);
+        this.reaper = null;
+      }
+    }, Math.min(1_000, this.idleCloseMs / 2));
+    (this.reaper as { unref?: () => void }).unref?.();
+  }
+
+  /** Open links (for tests). */
+  get size(): number {
+    return this.peers.size;
+  }
+
   /** Close every connection (node shutdown); requests in flight fail. */
   close(): void {
     for (const p of [...this.peers.values()]) p.link.close();
     this.peers.clear();
     if (this.sweeper) clearInterval(this.sweeper);
-    this.sweeper = null;
+    if (this.reaper) clearInterval(this.reaper);
+    this.sweeper = this.reaper = null;
   }
 }

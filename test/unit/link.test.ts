@@ -8,6 +8,7 @@ import { UnavailableError } from "../../src/lib/errors.ts";
 import { silentLogger } from "../../src/lib/log.ts";
 import { type Frame, FrameReader, FrameType, RequestFlag, RequestOp, encodeFrame } from "../../src/protocol/frame.ts";
 import { RequestLinks } from "../../src/routing/link.ts";
+import { waitFor } from "../support/wait.ts";
 
 const MAX = 1 << 20;
 
@@ -159,5 +160,37 @@ test("an answer that is not JSON fails that request only; garbage on the link cl
     expect(err).toBeInstanceOf(UnavailableError);
   } finally {
     links2.close();
+  }
+});
+
+test("a link with nothing in flight is closed after its idle time, before the peer's own idle timeout; the next request reconnects", async () => {
+  let opened = 0;
+  let closed = 0;
+  using peer = Bun.listen<{ reader: FrameReader }>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(s) {
+        s.data = { reader: new FrameReader(MAX) };
+        opened++;
+      },
+      data(s, chunk) {
+        for (const f of s.data.reader.push(chunk).frames) s.write(encodeFrame(response(f as Req, 200, '{"ok":true}')));
+      },
+      close() {
+        closed++;
+      },
+    },
+  });
+  const links = new RequestLinks(MAX, silentLogger, 300);
+  try {
+    const to = member(peer.port);
+    expect((await links.forward(to, RequestOp.Get, "k", "", { hops: 0, group: 4 })).status).toBe(200);
+    expect(links.size).toBe(1);
+    await waitFor("the idle link to close", () => links.size === 0 && closed === 1, 3_000);
+    expect((await links.forward(to, RequestOp.Get, "k", "", { hops: 0, group: 4 })).status).toBe(200);
+    expect(opened).toBe(2);
+  } finally {
+    links.close();
   }
 });
