@@ -174,10 +174,12 @@ export function createApi(s: KvService) {
     if (r instanceof Promise) return r.then((x) => answer(x, set)) as never;
     return answer(r, set);
   };
-  const writeKey = async (body: { key: string; value: string }, ctx: RequestContext, set: Setter) => {
+  const writeKey = (body: { key: string; value: string }, ctx: RequestContext, set: Setter) => {
     const key = checkKey(s, body.key);
     checkValue(s, key, body.value);
-    return answer(await s.set(key, body.value, ctx), set);
+    const r = s.set(key, body.value, ctx);
+    if (r instanceof Promise) return r.then((x) => answer(x, set)) as never;
+    return answer(r, set);
   };
   const deleteKey = async (query: { key?: string }, request: Request, set: Setter, ctx: RequestContext) => {
     checkQueryEncoding(request, query.key);

@@ -35,7 +35,7 @@ export interface KvService {
   /** Read here, or from the group that owns the key. */
   get(key: string, ctx: RequestContext): Reply | Promise<Reply>;
   /** Write on the owner group's leader (here, or forwarded). */
-  set(key: string, value: string, ctx: RequestContext): Promise<Reply>;
+  set(key: string, value: string, ctx: RequestContext): Reply | Promise<Reply>;
   delete(key: string, ctx: RequestContext): Promise<Reply>;
   keys(q: KeysQuery, ctx: RequestContext): KeysPage | Promise<KeysPage>;
   /** Move this group's keys to the other groups, so it can be shut down. */

@@ -210,16 +210,17 @@ export function createService(d: ServiceDeps): NodeService {
       if (!ctx.noFallback && rebalancing() && store.versionOf(key) === 0) return fallbackRead(key, ctx);
       return notFound(key);
     },
-    async set(key, value, ctx) {
-      if (!isSettled) await settled;
+    // Not async: an in-memory leader answers a local write at once, without a promise per layer.
+    set(key, value, ctx): Reply | Promise<Reply> {
+      if (!isSettled) return settled.then(() => service.set(key, value, ctx));
       const route = routeWrite(key, currentRing(), routing, ctx);
       if (route.kind === "unavailable") throw new UnavailableError(`Cannot write "${key.slice(0, 64)}": ${route.why}`, route.group);
-      if (route.kind === "forward") return ownGroupWrite(await links.forward(route.to, RequestOp.Set, key, value, { hops: ctx.hops, group: route.group }), route.group);
+      if (route.kind === "forward") return links.forward(route.to, RequestOp.Set, key, value, { hops: ctx.hops, group: route.group }).then((r) => ownGroupWrite(r, route.group));
       const other = misdirected(key, ctx);
       if (other) return links.forward(other.to, RequestOp.Set, key, value, { hops: ctx.hops, group: other.group });
       const seq = leader!.set(key, value);
-      await durableOrThrow(seq);
-      return { status: 200, body: { status: "ok", key, version: seq } };
+      const ok: Reply = { status: 200, body: { status: "ok", key, version: seq } };
+      return durability ? durableOrThrow(seq).then(() => ok) : ok;
     },
     async delete(key, ctx) {
       if (!isSettled) await settled;

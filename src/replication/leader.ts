@@ -131,8 +131,8 @@ export class Leader {
 
   private propose(key: string, value: string | null): number {
     const seq = ++this.seq;
-    const h = this.header(seq);
-    const frame = encodeFrame(value === null ? { type: FrameType.Delete, ...h, key } : { type: FrameType.Put, ...h, key, value });
+    const { group, term } = this.o;
+    const frame = encodeFrame(value === null ? { type: FrameType.Delete, group, term, seq, key } : { type: FrameType.Put, group, term, seq, key, value });
     const p: Proposal = { seq, key, value, frame };
     if (!this.o.wal) {
       this.apply(p);
