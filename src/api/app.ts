@@ -241,8 +241,9 @@ export function createApi(s: KvService) {
         set.status = 404;
         return { error: `No such endpoint: ${request.method} ${path}` };
       }
-      set.status = 500;
-      return { error: `Internal error: ${String((error as Error)?.message ?? error)}` };
+      const r = errorReply(error);
+      set.status = r.status;
+      return r.body;
     })
     .post("/set", ({ body, set }) => writeKey(body, CLIENT, set), {
       // Our own parser: JSON whatever the content-type (curl -d sends form encoding), with a
