@@ -7,13 +7,16 @@
  * Two nodes: one with the default -history-entries (the leader also keeps its last 200,000 writes,
  * at most 64 MiB, to catch followers up) and one with -history-entries 1000, to tell that apart.
  *
+ * The default node then serves reads, overwrites and a 90/10 mix of its keys for a few seconds:
+ * latency at that size, next to the cluster section's 10,000-key figures.
+ *
  * Lower bound (and baseline for the ratios): the Store class alone, filled with the same keys in a
  * child process (values parsed from JSON bodies, as the node gets them): heapUsed and RSS deltas.
  */
 import type { BenchContext } from "./context.ts";
-import { fmt, fmtRatio, printTable, ratio } from "./load.ts";
+import { type LoadResult, fmt, fmtRatio, load, printTable, ratio } from "./load.ts";
 import { preload } from "./cluster.ts";
-import { TestCluster } from "../test/support/cluster.ts";
+import { type NodeProc, TestCluster } from "../test/support/cluster.ts";
 import { Store } from "../src/store/store.ts";
 
 const VALUE_BYTES = 100;
@@ -95,7 +98,24 @@ async function storeAlone(keys: number): Promise<StoreMem> {
   }
 }
 
-async function nodeMemory(keys: number, extra: string[]) {
+interface LatencyRow {
+  name: string;
+  result: LoadResult;
+}
+
+/**
+ * Latency once the node holds `keys` keys: reads, overwrites and a 90/10 mix of random existing
+ * keys (the store does not grow), 64 connections. The cluster section measures the same shapes on
+ * 10,000 keys; the difference is what a big store costs (collector pauses grow with it).
+ */
+async function latencyAtSize(node: NodeProc, keys: number, durationS: number): Promise<LatencyRow[]> {
+  const rows: LatencyRow[] = [];
+  for (const [name, setRatio] of [["GET", 0], ["SET (overwrites)", 1], ["90/10 GET/SET", 0.1]] as const)
+    rows.push({ name, result: await load({ url: node.url, connections: 64, durationS, mix: { keys, keyPrefix: "k", setRatio, valueBytes: VALUE_BYTES } }) });
+  return rows;
+}
+
+async function nodeMemory(keys: number, extra: string[], latencyS = 0) {
   const c = await TestCluster.create();
   try {
     const node = await c.start({ leader: true, inMemory: true, extra });
@@ -107,7 +127,9 @@ async function nodeMemory(keys: number, extra: string[]) {
     const fillS = (performance.now() - t0) / 1000;
     const after = await settledStatus(node.proc.pid);
     const health = await node.health();
+    const latency = latencyS > 0 ? await latencyAtSize(node, keys, latencyS) : [];
     return {
+      latency,
       flags: extra.join(" ") || "(defaults)",
       keys: health.keys as number,
       rss_before: before.rss,
@@ -127,7 +149,7 @@ async function nodeMemory(keys: number, extra: string[]) {
 export async function run(ctx: BenchContext): Promise<unknown> {
   const keys = ctx.quick ? 100_000 : 1_000_000;
   const store = await storeAlone(keys);
-  const nodes = [await nodeMemory(keys, []), await nodeMemory(keys, ["-history-entries", "1000"])];
+  const nodes = [await nodeMemory(keys, [], ctx.quick ? 2 : 5), await nodeMemory(keys, ["-history-entries", "1000"])];
 
   console.log(`\nresident memory for ${keys.toLocaleString("en-US")} keys of ${VALUE_BYTES}-byte values (ratios: vs the Store alone, RSS delta)`);
   printTable(
@@ -148,6 +170,12 @@ export async function run(ctx: BenchContext): Promise<unknown> {
     ],
   );
   for (const n of nodes) if (n.errors > 0 || n.non2xx > 0) console.log(`WARNING: ${n.flags}: ${n.errors} socket errors, ${n.non2xx} non-2xx answers while filling`);
+  const lat = nodes[0]!.latency;
+  console.log(`\nlatency of the default node holding ${keys.toLocaleString("en-US")} keys (random existing keys, 64 connections; compare the cluster section's 10,000-key rows)`);
+  printTable(
+    ["workload", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "non-2xx"],
+    lat.map((r) => [r.name, fmt(r.result.rps, 0), fmt(r.result.p50_ms), fmt(r.result.p99_ms), fmt(r.result.p999_ms), String(r.result.errors), String(r.result.non2xx)]),
+  );
   return {
     keys,
     value_bytes: VALUE_BYTES,
