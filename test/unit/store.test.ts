@@ -255,6 +255,24 @@ describe("Store", () => {
     });
   });
 
+  test("an overwrite updates the entry in place (get shows it), an older one changes nothing, a delete and a new write make a new entry", () => {
+    const s = new Store();
+    s.set("a", "1", 1);
+    const e = s.get("a")!;
+    expect(s.set("a", "2", 5)).toBe(true);
+    expect(e).toEqual({ value: "2", version: 5 });
+    expect(s.get("a")).toBe(e);
+    expect(s.set("a", "stale", 3)).toBe(false);
+    expect(e).toEqual({ value: "2", version: 5 });
+    s.delete("a", 6);
+    expect(s.get("a")).toBeUndefined();
+    expect(e).toEqual({ value: "2", version: 5 }); // a delete does not touch the old entry
+    s.set("a", "3", 7);
+    expect(s.get("a")).not.toBe(e);
+    expect(s.get("a")).toEqual({ value: "3", version: 7 });
+    expect(s.size).toBe(1);
+  });
+
   test("a snapshot is unaffected by later writes and deletes", () => {
     const s = new Store();
     s.set("a", "1", 1);
