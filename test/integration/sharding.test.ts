@@ -496,6 +496,39 @@ describe("rebalancing", () => {
   });
 });
 
+describe("forwarding over request links", () => {
+  test("an owner killed outright gets a quick 503, not a timeout; restarted on a new port, forwarding reaches it again with its data", async () => {
+    await using c = await TestCluster.create();
+    const dirA = c.newDataDir();
+    let a = await c.start({ leader: true, group: 0, dataDir: dirA });
+    const b = await c.start({ leader: true, group: 1, inMemory: true });
+    await c.awaitMembership([a, b], 2);
+    const ring = new HashRing([0, 1]);
+    const keys = Array.from({ length: 200 }, (_, i) => `a-${i}`).filter((k) => ring.ownerOf(k) === 0).slice(0, 20);
+    // Written and read through B: every one is forwarded to A over one request link.
+    for (const k of keys) expect((await b.set(k, `v:${k}`)).status).toBe(200);
+    for (const k of keys) expect((await b.get(k)).body).toMatchObject({ value: `v:${k}` });
+
+    // SIGKILL: no leave announcement, so B still routes to A's old address for a while.
+    const oldPort = a.clusterPort;
+    await a.stop("SIGKILL");
+    const t0 = performance.now();
+    const r = await b.get(keys[0]!);
+    expect(r.status).toBe(503);
+    expect(r.body.group).toBe(0);
+    expect(performance.now() - t0).toBeLessThan(limits.forwardTimeoutMs / 2);
+
+    // Back on a new port (port 0) with its data: B learns the address from discovery and reconnects.
+    a = await c.start({ leader: true, group: 0, dataDir: dirA });
+    expect(a.clusterPort).not.toBe(oldPort);
+    await waitFor("reads through B to reach the restarted A", async () => (await b.get(keys[0]!)).status === 200, 15_000, 50);
+    for (const k of keys) expect((await b.get(k)).body).toMatchObject({ key: k, value: `v:${k}` });
+    expect((await b.set(keys[1]!, "after")).status).toBe(200);
+    expect((await a.get(keys[1]!)).body).toMatchObject({ value: "after" });
+    expect(b.log).not.toMatch(/ ERROR /);
+  });
+});
+
 describe("no forwarding loops", () => {
   test("a forwarding loop cannot happen even when two nodes briefly disagree about the ring", async () => {
     await using c = await TestCluster.create();
