@@ -9,10 +9,11 @@
  *   forwarding       2 groups, group 1 drained: the same GET/SET load on group 0's leader (owner)
  *                    and on group 1's node (every request forwarded), as a ratio of the two
  *
- * Load: 64 connections, 10 s a run (3 s with --quick), after a 1 s warm-up per server. Each kvnode
- * run is bracketed by 3 s (1 s) of the same load on the bare server, which stays up idle in its own
- * process; its ratios are to the mean of those two bare runs, so a busy spell of the machine
- * during one run skews its ratio less. The spread of the two bare runs is printed as a noise gauge.
+ * Load: 64 connections, 10 s a run (1 s with --quick), after a 1 s warm-up per server.
+ * Each kvnode run is bracketed by 3 s of the same load on the bare server, which stays up idle in
+ * its own process; its ratios are to the mean of those two bare runs, so a busy spell of the
+ * machine during one run skews its ratio less. The spread of the two bare runs is printed as a
+ * noise gauge. --quick skips the brackets: ratios are to the bare runs at the start.
  */
 import type { BenchContext } from "./context.ts";
 import { type LoadOptions, type LoadResult, fmt, fmtRatio, load, loadTool, percentile, printTable, ratio, startBareServer } from "./load.ts";
@@ -97,14 +98,17 @@ async function catchUpMs(leader: NodeProc, timeoutMs = 60_000): Promise<number |
 }
 
 export async function run(ctx: BenchContext): Promise<unknown> {
-  const durationS = ctx.quick ? 3 : 10;
-  const bracketS = ctx.quick ? 1 : 3;
+  // --quick: short runs, and ratios to the bare runs at the start instead of bracketing each run.
+  const durationS = ctx.quick ? 1 : 10;
+  const bracketS = ctx.quick ? 0 : 3;
   const warmS = 1;
   const runId = Math.random().toString(36).slice(2, 7);
   const tool = loadTool();
   console.log(
     `load generator: ${tool}, ${CONNECTIONS} connections, ${durationS} s a run (+${warmS} s warm-up a server); ` +
-      `each kvnode run is bracketed by ${bracketS} s of the same load on the bare server just before and just after`,
+      (bracketS > 0
+        ? `each kvnode run is bracketed by ${bracketS} s of the same load on the bare server just before and just after`
+        : "--quick: ratios are to the bare runs at the start, and 1 s runs are rough (the JIT is still warming): use a full run for figures"),
   );
 
   const rows: Row[] = [];
@@ -124,7 +128,8 @@ export async function run(ctx: BenchContext): Promise<unknown> {
     /** Bare (bracketS) - kvnode (durationS) - bare (bracketS); ratios to the mean of the two bare runs. */
     let bracket = 0;
     const measure = async (name: string, s: Shape, origin: string, during?: () => () => void): Promise<Row> => {
-      const before = await load(shape(s, srv.url, bracketS, `${runId}x${++bracket}`));
+      ++bracket;
+      const before = bracketS > 0 ? await load(shape(s, srv.url, bracketS, `${runId}x${bracket}`)) : bare[s]!;
       const stop = during?.();
       let r: LoadResult;
       try {
@@ -132,7 +137,7 @@ export async function run(ctx: BenchContext): Promise<unknown> {
       } finally {
         stop?.();
       }
-      const after = await load(shape(s, srv.url, bracketS, `${runId}y${bracket}`));
+      const after = bracketS > 0 ? await load(shape(s, srv.url, bracketS, `${runId}y${bracket}`)) : bare[s]!;
       const mean = (f: (x: LoadResult) => number) => (f(before) + f(after)) / 2;
       const out: Row = {
         name,

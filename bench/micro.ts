@@ -3,12 +3,45 @@
  * and discovery datagram codecs. mitata prints its own report; bench/index.ts then prints a table
  * of ns/op and ops/s (1e9 / ns) for each.
  */
-import { bench, do_not_optimize, group, summary } from "mitata";
+import * as mitata from "mitata";
+import { do_not_optimize } from "mitata";
 import { DatagramType, FrameType, decodeDatagram, decodeFrame, encodeDatagram, encodeFrame } from "../src/protocol/index.ts";
 import { HashRing, murmur3 } from "../src/ring/index.ts";
 import { Store } from "../src/store/index.ts";
 
-export function registerMicro(opts: { quick: boolean }): void {
+/** Where the benchmarks go: mitata's own registry (a full run), or a list measured briefly (--quick). */
+export interface MicroApi {
+  group(name: string, body: () => void): void;
+  bench(name: string, fn: () => unknown): void;
+  summary(body: () => void): void;
+}
+
+/** Collects the benchmarks with their group names instead of registering them with mitata. */
+export function collectingApi(out: { name: string; fn: () => unknown }[]): MicroApi {
+  let current = "";
+  return {
+    group(name, body) {
+      current = name;
+      body();
+      current = "";
+    },
+    bench(name, fn) {
+      out.push({ name: current ? `${current}: ${name}` : name, fn });
+    },
+    summary(body) {
+      body();
+    },
+  };
+}
+
+const mitataApi: MicroApi = {
+  group: (name, body) => void mitata.group(name, body),
+  bench: (name, fn) => void mitata.bench(name, fn),
+  summary: (body) => void mitata.summary(body),
+};
+
+export function registerMicro(opts: { quick: boolean }, api: MicroApi = mitataApi): void {
+  const { bench, group, summary } = api;
   const keys = Array.from({ length: 4096 }, (_, i) => `user:${i * 7919}:profile`);
   let k = 0;
   const nextKey = () => keys[k++ & 4095]!;

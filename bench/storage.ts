@@ -155,7 +155,7 @@ function nsPerOp(fn: () => unknown, ms: number): number {
 }
 
 async function logAppend(quick: boolean) {
-  const seconds = quick ? 1 : 3;
+  const seconds = quick ? 0.4 : 3;
   const maxBytes = 256 * 1024 * 1024;
   const dir = mkdtempSync(join(tmpdir(), "kvnode-bench-log-"));
   const rows: Record<string, unknown>[] = [];
@@ -336,7 +336,7 @@ async function recovery(quick: boolean) {
 // ------------------------------------------------------------------ (c) POST /set per fsync mode
 
 async function setPerMode(quick: boolean) {
-  const durationS = quick ? 3 : 10;
+  const durationS = quick ? 1 : 10;
   // -in-memory first and again last: the baseline is the mean of the two, which brackets the rest.
   const order = ["in-memory", "always", "batch", "never", "in-memory"] as const;
   const runId = Math.random().toString(36).slice(2, 7);
