@@ -57,6 +57,9 @@ export function registerMicro(opts: { quick: boolean }, api: MicroApi = mitataAp
         const ring = new HashRing(Array.from({ length: n }, (_, i) => i));
         bench(`${n} groups`, () => do_not_optimize(ring.ownerOf(nextKey())));
       }
+      // The ring as the node builds it: Bun's native murmur3 (same values for well-formed keys).
+      const native = new HashRing(Array.from({ length: 64 }, (_, i) => i), undefined, (s) => Bun.hash.murmur32v3(s));
+      bench("64 groups, native murmur3 (as the node uses it)", () => do_not_optimize(native.ownerOf(nextKey())));
     });
   });
 
