@@ -143,7 +143,6 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         // A connection whose first frame is a Request carries forwarded requests (any node serves them).
         if (conn.state === undefined && frames[0]!.type === FrameType.Request) {
           conn.state = new RequestConn(conn.out);
-          conn.quiet = true;
         }
         if (conn.state instanceof RequestConn) {
           if (!serveRequest) return "this node is still starting";

@@ -8,6 +8,7 @@ import { type KvService, type Reply, checkKey, checkValue, errorReply } from "..
 import { type Frame, FrameType, RequestFlag, RequestOp, encodeFrame } from "../protocol/frame.ts";
 import { limits } from "../lib/limits.ts";
 import type { Outbox } from "../replication/outbox.ts";
+import { TurnBatch } from "../replication/tcp.ts";
 import { NODE_HEADER, SERVED_GROUP_HEADER } from "../routing/forward.ts";
 import type { RequestContext } from "../routing/router.ts";
 
@@ -15,30 +16,19 @@ type RequestFrame = Extract<Frame, { type: typeof FrameType.Request }>;
 
 /** What a connection carrying requests holds (its ServerConn state). */
 export class RequestConn {
-  private queue: Uint8Array[] = [];
-  private queuedBytes = 0;
-  private flushing = false;
-  constructor(private readonly out: Outbox) {}
+  private readonly batch: TurnBatch;
+  constructor(private readonly out: Outbox) {
+    this.batch = new TurnBatch(() => out);
+  }
 
   send(frame: Uint8Array): void {
     if (this.out.closed) return;
     // A peer that sends requests but does not read the answers must not grow our memory.
-    if (this.queuedBytes + this.out.queuedBytes + frame.length > limits.requestLinkQueuedBytesMax) {
-      this.queue = [];
-      this.queuedBytes = 0;
+    if (this.batch.bytes + this.out.queuedBytes + frame.length > limits.requestLinkQueuedBytesMax) {
+      this.batch.clear();
       return this.out.abort();
     }
-    this.queue.push(frame);
-    this.queuedBytes += frame.length;
-    if (this.flushing) return;
-    this.flushing = true;
-    setImmediate(() => {
-      this.flushing = false;
-      const q = this.queue;
-      this.queue = [];
-      this.queuedBytes = 0;
-      if (q.length > 0) this.out.send(q.length === 1 ? q[0]! : Buffer.concat(q));
-    });
+    this.batch.push(frame);
   }
 }
 

@@ -15,8 +15,41 @@ export interface ServerConn {
   readonly out: Outbox;
   /** What the handler attached to this connection (a follower link, or a request link). */
   state: unknown;
-  /** Close it without a warning when it idles (a request link between requests). */
-  quiet?: boolean;
+}
+
+/**
+ * Frames handed over during one event-loop turn, written together at its end in one socket write
+ * (both sides of a request link). Frames pushed before the connection is open wait for `flush`.
+ */
+export class TurnBatch {
+  private queue: Uint8Array[] = [];
+  private scheduled = false;
+  /** Bytes waiting for the end of the turn. */
+  bytes = 0;
+
+  constructor(private readonly out: () => Outbox | null) {}
+
+  push(frame: Uint8Array): void {
+    this.queue.push(frame);
+    this.bytes += frame.length;
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => this.flush());
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    const out = this.out();
+    if (!out || this.queue.length === 0) return;
+    const q = this.queue;
+    this.clear();
+    out.send(q.length === 1 ? q[0]! : Buffer.concat(q));
+  }
+
+  clear(): void {
+    this.queue = [];
+    this.bytes = 0;
+  }
 }
 
 export interface ReplicationServerHandlers {
@@ -63,7 +96,7 @@ export function listenReplication(host: string, port: number, frameBytesMax: num
         if (socket.data.conn.out.flush()) h.onDrain(socket.data.conn);
       },
       timeout(socket) {
-        if (!socket.data.conn.quiet) log.warn("replication connection idle, closing", { remote: socket.data.conn.remote });
+        log.warn("replication connection idle, closing", { remote: socket.data.conn.remote });
         socket.end();
       },
       close(socket) {

@@ -15,7 +15,7 @@ import { limits } from "../lib/limits.ts";
 import type { Logger } from "../lib/log.ts";
 import { type Frame, FrameType, RequestFlag, RequestOp, encodeFrame } from "../protocol/frame.ts";
 import type { Outbox } from "../replication/outbox.ts";
-import { type ClientLink, connectReplication } from "../replication/tcp.ts";
+import { type ClientLink, TurnBatch, connectReplication } from "../replication/tcp.ts";
 import { type Forwarded, type ForwardOptions, NODE_HEADER, SERVED_GROUP_HEADER } from "./forward.ts";
 
 export type Op = (typeof RequestOp)[keyof typeof RequestOp];
@@ -42,8 +42,7 @@ class Peer {
   closed = false;
   /** When the last request was sent (for closing idle links before the peer's idle timeout). */
   lastUsedMs = performance.now();
-  private queue: Uint8Array[] = [];
-  private flushing = false;
+  private readonly batch = new TurnBatch(() => this.out);
   private nextId = 1;
   readonly pending = new Map<number, Pending>();
   readonly link: ClientLink;
@@ -63,7 +62,7 @@ class Peer {
       {
         onOpen: (out) => {
           this.out = out;
-          this.flush();
+          this.batch.flush();
         },
         onFrames: (frames) => this.onFrames(frames),
         onClose: (reason) => {
@@ -79,19 +78,7 @@ class Peer {
     this.lastUsedMs = performance.now();
     const id = this.nextId++;
     this.pending.set(id, p);
-    this.queue.push(frame(id));
-    if (!this.flushing) {
-      this.flushing = true;
-      setImmediate(() => this.flush());
-    }
-  }
-
-  private flush(): void {
-    this.flushing = false;
-    if (!this.out || this.queue.length === 0) return;
-    const q = this.queue;
-    this.queue = [];
-    this.out.send(q.length === 1 ? q[0]! : Buffer.concat(q));
+    this.batch.push(frame(id));
   }
 
   private onFrames(frames: Frame[]): string | undefined {
