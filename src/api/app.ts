@@ -186,7 +186,11 @@ export function createApi(s: KvService) {
     const key = checkKey(s, query.key);
     return answer(await s.delete(key, ctx), set);
   };
-  return new Elysia({ name: "kvnode-api" })
+  // normalize: false. Elysia's default rebuilds every body, query and answer to drop fields the
+  // schema does not name; for /set that was a sixth of the server's CPU per request (16.5 against
+  // 20.1 µs in A/B runs). Handlers read only the fields they know, answers are built with exactly
+  // the schema's fields, and the schemas are still checked.
+  return new Elysia({ name: "kvnode-api", normalize: false })
     .use(docsAssets())
     .use(
       openapi({

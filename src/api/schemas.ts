@@ -12,10 +12,19 @@ export const ErrorBody = t.Object(
   { description: "Every error answer has this shape" },
 );
 
-export const SetBody = t.Object({
-  key: t.String({ description: "Any UTF-8 string, 1 byte up to the key limit (default 1 KiB)" }),
-  value: t.String({ description: "Any UTF-8 string up to the value limit (default 1 MiB)" }),
-});
+/**
+ * Request schemas allow fields and parameters they do not name (a client's extra field or a
+ * cache-busting ?_=123 is ignored, not refused): the app does not normalize requests (see app.ts).
+ */
+const open = { additionalProperties: true } as const;
+
+export const SetBody = t.Object(
+  {
+    key: t.String({ description: "Any UTF-8 string, 1 byte up to the key limit (default 1 KiB)" }),
+    value: t.String({ description: "Any UTF-8 string up to the value limit (default 1 MiB)" }),
+  },
+  open,
+);
 
 export const SetReply = t.Object({
   status: t.Literal("ok"),
@@ -42,19 +51,19 @@ export const KeysReply = t.Object({
   cursor: t.Optional(t.Union([t.String(), t.Null()], { description: "With limit: pass as cursor for the next page; null on the last page" })),
 });
 
-export const KeyQuery = t.Object({ key: t.Optional(t.String({ description: "The key" })) });
+export const KeyQuery = t.Object({ key: t.Optional(t.String({ description: "The key" })) }, open);
 
 export const GetQuery = t.Object({
   key: t.Optional(t.String({ description: "The key" })),
   replica: t.Optional(t.String({ description: "any: a follower of the owner group may answer (possibly a few ms stale)" })),
-});
+}, open);
 
 export const KeysQuery = t.Object({
   scope: t.Optional(t.String({ description: "node (default: this node's keys, as the original) or cluster (every group's keys, deduplicated)" })),
   prefix: t.Optional(t.String({ description: "Only keys starting with this" })),
   limit: t.Optional(t.String({ description: "Largest page (1..10000); the scope=cluster default is 1000" })),
   cursor: t.Optional(t.String({ description: "The cursor of the previous page" })),
-});
+}, open);
 
 export const DrainReply = t.Object({
   status: t.Literal("ok"),
@@ -63,10 +72,13 @@ export const DrainReply = t.Object({
   keys: Int({ description: "Keys the group still holds" }),
 });
 
-export const ImportBody = t.Object({
-  from_group: t.Optional(Int()),
-  entries: t.Array(t.Object({ key: t.String(), value: t.String() })),
-});
+export const ImportBody = t.Object(
+  {
+    from_group: t.Optional(Int()),
+    entries: t.Array(t.Object({ key: t.String(), value: t.String() }, open)),
+  },
+  open,
+);
 
 export const ImportReply = t.Object({
   status: t.Literal("ok"),

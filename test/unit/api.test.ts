@@ -390,6 +390,23 @@ describe("methods and paths", () => {
   });
 });
 
+describe("fields and parameters the API does not name", () => {
+  test("are ignored, not refused: an extra body field, a cache-busting query parameter", async () => {
+    const { set, call, service } = setup();
+    expect(await expectJson(await set({ key: "k", value: "v", ttl: 5, note: { a: 1 } }))).toEqual({ status: "ok", key: "k", version: 1 });
+    expect(service.entries.get("k")).toEqual({ value: "v", version: 1 });
+    expect(await expectJson(await call("GET", "/get?key=k&_=1732790000"))).toEqual({ key: "k", value: "v", version: 1 });
+    expect(await expectJson(await call("GET", "/keys?_=1"))).toEqual({ keys: ["k"], count: 1 });
+    expect(await expectJson(await call("DELETE", "/delete?key=k&_=2"))).toEqual({ status: "ok", key: "k", deleted: true, version: 2 });
+  });
+
+  test("a wrong type in a named field is still refused with 400 naming it", async () => {
+    const { set } = setup();
+    const body = await expectError(await set({ key: "k", value: 5, extra: true }), 400);
+    expect(String(body.error)).toContain("value");
+  });
+});
+
 describe("error answers", () => {
   test("every error answer is JSON with an error string", async () => {
     const { call, set, setRaw, get, service } = setup({ keyBytesMax: 16, valueBytesMax: 32 });
