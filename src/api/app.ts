@@ -105,6 +105,19 @@ async function parseJsonBody(request: Request, limit: number): Promise<unknown> 
   }
 }
 
+/**
+ * The /set body: JSON whatever the content-type (curl -d sends form encoding), a clear error for
+ * malformed JSON or a missing or mistyped field, 413 for an oversized body. Other fields are ignored.
+ */
+async function setBodyOf(request: Request, limit: number): Promise<{ key: string; value: string }> {
+  const body = (await parseJsonBody(request, limit)) as { key?: unknown; value?: unknown } | null;
+  if (typeof body !== "object" || body === null || Array.isArray(body)) throw new BadRequestError('Invalid field "body": Expected object');
+  const { key, value } = body;
+  if (typeof key !== "string") throw new BadRequestError(`Invalid field "key": ${key === undefined ? "Expected required property" : "Expected string"}`);
+  if (typeof value !== "string") throw new BadRequestError(`Invalid field "value": ${value === undefined ? "Expected required property" : "Expected string"}`);
+  return { key, value };
+}
+
 /** Routing context a forwarding node put in the headers (none on a client's request). */
 function contextOf(request: Request, anyReplica = false): RequestContext {
   const h = request.headers;
@@ -249,15 +262,15 @@ export function createApi(s: KvService) {
       set.status = r.status;
       return r.body;
     })
-    .post("/set", ({ body, set }) => writeKey(body, CLIENT, set), {
-      // Our own parser: JSON whatever the content-type (curl -d sends form encoding), with a
-      // clear error for malformed JSON and 413 for an oversized body.
-      parse: [({ request }) => parseJsonBody(request, bodyLimit), "json"],
-      body: SetBody,
+    // The body is read and checked here, not by an Elysia parse hook and body schema: that path
+    // cost about a tenth of /set's CPU (14.4 against 16.0 us a request in A/B runs). The schema
+    // still documents it.
+    .post("/set", async ({ request, set }) => writeKey(await setBodyOf(request, bodyLimit), CLIENT, set), {
       response: { 200: SetReply, ...errors },
       detail: {
         summary: "Set a key to a value",
         description: "Any node accepts any key: the write is forwarded to the leader of the group that owns the key on the ring, and answered as that leader answers.",
+        requestBody: { required: true, content: { "application/json": { schema: SetBody } } },
       },
     })
     .get("/get", ({ query, request, set }) => readKey(query, request, set, query.replica === "any" ? CLIENT_ANY : CLIENT), {
