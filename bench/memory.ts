@@ -7,7 +7,8 @@
  * Two nodes: one with the default -history-entries (the leader also keeps its last 200,000 writes,
  * at most 64 MiB, to catch followers up) and one with -history-entries 1000, to tell that apart.
  *
- * The default node then serves reads, overwrites and a 90/10 mix of its keys for a few seconds:
+ * The default node then serves reads, overwrites and a 90/10 mix of its keys, then inserts of new
+ * keys, for a few seconds each:
  * latency at that size, next to the cluster section's 10,000-key figures.
  *
  * Lower bound (and baseline for the ratios): the Store class alone, filled with the same keys in a
@@ -105,13 +106,15 @@ interface LatencyRow {
 
 /**
  * Latency once the node holds `keys` keys: reads, overwrites and a 90/10 mix of random existing
- * keys (the store does not grow), 64 connections. The cluster section measures the same shapes on
+ * keys (the store does not grow), then inserts of new keys, 64 connections. The cluster section measures the same shapes on
  * 10,000 keys; the difference is what a big store costs (collector pauses grow with it).
  */
 async function latencyAtSize(node: NodeProc, keys: number, durationS: number): Promise<LatencyRow[]> {
   const rows: LatencyRow[] = [];
   for (const [name, setRatio] of [["GET", 0], ["SET (overwrites)", 1], ["90/10 GET/SET", 0.1]] as const)
     rows.push({ name, result: await load({ url: node.url, connections: 64, durationS, mix: { keys, keyPrefix: "k", setRatio, valueBytes: VALUE_BYTES } }) });
+  // Last, as it grows the store past `keys`: inserts of new keys, where a store's growth shows.
+  rows.push({ name: "SET (new keys)", result: await load({ url: `${node.url}/set`, method: "POST", connections: 64, durationS, bodies: { keyPrefix: "new-", valueBytes: VALUE_BYTES } }) });
   return rows;
 }
 

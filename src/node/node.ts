@@ -40,7 +40,7 @@ function randomId(bytes: number): string {
 
 export async function startNode(config: NodeConfig, log: Logger): Promise<RunningNode> {
   const now = () => performance.now();
-  const store = new Store();
+  const store = new Store({ seed: crypto.getRandomValues(new Int32Array(1))[0]! });
   const frameMax = frameBytesMax(config.keyBytesMax, config.valueBytesMax);
 
   // --- data dir: recover before anything listens, so what we announce is what we hold.

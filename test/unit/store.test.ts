@@ -1,7 +1,10 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { AssertionError } from "../../src/lib/assert.ts";
-import { Store } from "../../src/store/store.ts";
+import { hashKey, Store } from "../../src/store/store.ts";
+
+/** What a store read shows: value and version (the live entry object also names its key). */
+const entryOf = (e: { value: string; version: number } | undefined) => (e === undefined ? undefined : { value: e.value, version: e.version });
 
 type Op = { kind: "set"; key: string; value: string } | { kind: "del"; key: string };
 type Versioned = Op & { version: number };
@@ -39,7 +42,7 @@ describe("Store", () => {
   test("a set key reads back with its value and version", () => {
     const s = new Store();
     expect(s.set("k", "v", 1)).toBe(true);
-    expect(s.get("k")).toEqual({ value: "v", version: 1 });
+    expect(entryOf(s.get("k"))).toEqual({ value: "v", version: 1 });
     expect(s.versionOf("k")).toBe(1);
     expect(s.size).toBe(1);
   });
@@ -55,16 +58,16 @@ describe("Store", () => {
     s.set("k", "v1", 5);
     expect(s.set("k", "old", 4)).toBe(false);
     expect(s.set("k", "same", 5)).toBe(false);
-    expect(s.get("k")).toEqual({ value: "v1", version: 5 });
+    expect(entryOf(s.get("k"))).toEqual({ value: "v1", version: 5 });
     expect(s.set("k", "v2", 6)).toBe(true);
-    expect(s.get("k")).toEqual({ value: "v2", version: 6 });
+    expect(entryOf(s.get("k"))).toEqual({ value: "v2", version: 6 });
     expect(s.size).toBe(1);
   });
 
   test("the empty string is a value, not a deletion", () => {
     const s = new Store();
     s.set("k", "", 1);
-    expect(s.get("k")).toEqual({ value: "", version: 1 });
+    expect(entryOf(s.get("k"))).toEqual({ value: "", version: 1 });
     expect(s.size).toBe(1);
   });
 
@@ -89,7 +92,7 @@ describe("Store", () => {
     expect(s.set("k", "v", 3)).toBe(false);
     expect(s.get("k")).toBeUndefined();
     expect(s.set("k", "back", 4)).toBe(true);
-    expect(s.get("k")).toEqual({ value: "back", version: 4 });
+    expect(entryOf(s.get("k"))).toEqual({ value: "back", version: 4 });
     expect(s.size).toBe(1);
   });
 
@@ -97,7 +100,7 @@ describe("Store", () => {
     const s = new Store();
     s.set("k", "v", 5);
     expect(s.delete("k", 4)).toBe(false);
-    expect(s.get("k")).toEqual({ value: "v", version: 5 });
+    expect(entryOf(s.get("k"))).toEqual({ value: "v", version: 5 });
     expect(s.tombstoneCount).toBe(0);
   });
 
@@ -131,7 +134,7 @@ describe("Store", () => {
         for (const k of ALL_KEYS) {
           const m = model.get(k);
           expect(s.versionOf(k)).toBe(m?.version ?? 0);
-          expect(s.get(k)).toEqual(m && m.value !== null ? { value: m.value, version: m.version } : undefined);
+          expect(entryOf(s.get(k))).toEqual(m && m.value !== null ? { value: m.value, version: m.version } : undefined);
         }
       }),
       { numRuns: 500 },
@@ -207,7 +210,7 @@ describe("Store", () => {
       s.delete("k", 2);
       s.set("k", "again", 3);
       expect(s.purgeTombstones(100)).toBe(0);
-      expect(s.get("k")).toEqual({ value: "again", version: 3 });
+      expect(entryOf(s.get("k"))).toEqual({ value: "again", version: 3 });
       expect(s.size).toBe(1);
     });
 
@@ -227,10 +230,10 @@ describe("Store", () => {
         fc.property(versionedOps, fc.nat(200), (ops, cut) => {
           const s = new Store();
           for (const op of ops) apply(s, op);
-          const before = ALL_KEYS.map((k) => [k, s.get(k), s.versionOf(k)] as const);
+          const before = ALL_KEYS.map((k) => [k, entryOf(s.get(k)), s.versionOf(k)] as const);
           s.purgeTombstones(cut);
           for (const [k, live, version] of before) {
-            expect(s.get(k)).toEqual(live);
+            expect(entryOf(s.get(k))).toEqual(live);
             if (live !== undefined) expect(s.versionOf(k)).toBe(version);
             else expect(s.versionOf(k)).toBe(version <= cut ? 0 : version);
           }
@@ -260,16 +263,16 @@ describe("Store", () => {
     s.set("a", "1", 1);
     const e = s.get("a")!;
     expect(s.set("a", "2", 5)).toBe(true);
-    expect(e).toEqual({ value: "2", version: 5 });
+    expect(entryOf(e)).toEqual({ value: "2", version: 5 });
     expect(s.get("a")).toBe(e);
     expect(s.set("a", "stale", 3)).toBe(false);
-    expect(e).toEqual({ value: "2", version: 5 });
+    expect(entryOf(e)).toEqual({ value: "2", version: 5 });
     s.delete("a", 6);
     expect(s.get("a")).toBeUndefined();
-    expect(e).toEqual({ value: "2", version: 5 }); // a delete does not touch the old entry
+    expect(entryOf(e)).toEqual({ value: "2", version: 5 }); // a delete does not touch the old entry
     s.set("a", "3", 7);
     expect(s.get("a")).not.toBe(e);
-    expect(s.get("a")).toEqual({ value: "3", version: 7 });
+    expect(entryOf(s.get("a"))).toEqual({ value: "3", version: 7 });
     expect(s.size).toBe(1);
   });
 
@@ -313,8 +316,8 @@ describe("Store", () => {
     expect(s.tombstoneCount).toBe(0);
     expect(s.get("old")).toBeUndefined();
     expect(s.versionOf("dead")).toBe(0);
-    expect(s.get("a")).toEqual({ value: "1", version: 10 });
-    expect(s.get("b")).toEqual({ value: "", version: 11 });
+    expect(entryOf(s.get("a"))).toEqual({ value: "1", version: 10 });
+    expect(entryOf(s.get("b"))).toEqual({ value: "", version: 11 });
     // Versioning continues from the transferred versions.
     expect(s.set("a", "older", 9)).toBe(false);
     expect(s.set("a", "newer", 12)).toBe(true);
@@ -353,5 +356,94 @@ describe("Store", () => {
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe("Store hash table", () => {
+  // Hashes that make keys collide on purpose: every probe path, gap closed by a delete and table
+  // growth is then exercised with few keys.
+  const weakHashes: [string, (key: string) => number][] = [
+    ["every key the same hash", () => 7],
+    ["hash = key length", (k) => k.length],
+    ["few distinct hashes, spread over the table", (k) => (hashKey(k, 0) & 3) * 0x9e3779b1],
+    ["the real hash", (k) => hashKey(k, 12345)],
+  ];
+  const manyKeys = fc.integer({ min: 0, max: 40 }).map((n) => `k${n}`);
+  const ops = fc.array(
+    fc.tuple(fc.constantFrom("set", "set", "del"), manyKeys, fc.string({ maxLength: 4 })),
+    { maxLength: 300 },
+  );
+
+  for (const [name, hash] of weakHashes) {
+    test(`matches a Map model through growth and deletes: ${name} (property)`, () => {
+      fc.assert(
+        fc.property(ops, (list) => {
+          const s = new Store({ hash, capacity: 16 });
+          const model = new Map<string, { value: string; version: number }>();
+          let v = 0;
+          for (const [kind, key, value] of list) {
+            v++;
+            if (kind === "set") {
+              expect(s.set(key, value, v)).toBe(true);
+              model.set(key, { value, version: v });
+            } else {
+              expect(s.delete(key, v)).toBe(model.delete(key));
+            }
+          }
+          expect(s.size).toBe(model.size);
+          expect(s.capacity * 0.7).toBeGreaterThanOrEqual(s.size);
+          for (let n = 0; n <= 41; n++) expect(entryOf(s.get(`k${n}`))).toEqual(model.get(`k${n}`));
+          expect([...s.keys()].sort()).toEqual([...model.keys()].sort());
+          const snap = Object.fromEntries(s.snapshot().map(([k, e]) => [k, e]));
+          expect(snap).toEqual(Object.fromEntries(model));
+        }),
+        { numRuns: 200 },
+      );
+    });
+  }
+
+  test("100,000 keys: every one reads back, deleting every other one leaves exactly the rest", () => {
+    const s = new Store({ seed: 99 });
+    const n = 100_000;
+    for (let i = 0; i < n; i++) s.set(`key:${i}`, `v${i}`, i + 1);
+    expect(s.size).toBe(n);
+    for (let i = 0; i < n; i++) expect(s.get(`key:${i}`)?.value).toBe(`v${i}`);
+    for (let i = 0; i < n; i += 2) expect(s.delete(`key:${i}`, n + i + 1)).toBe(true);
+    expect(s.size).toBe(n / 2);
+    for (let i = 0; i < n; i++) expect(s.get(`key:${i}`)?.value).toBe(i % 2 ? `v${i}` : undefined);
+    // Freed slots are reused: writing the deleted keys again does not grow the slot list.
+    for (let i = 0; i < n; i += 2) s.set(`key:${i}`, "again", 2 * n + i + 1);
+    expect(s.size).toBe(n);
+    expect([...s.keys()].length).toBe(n);
+  });
+
+  test("iterating keys while the store changes visits every key live throughout exactly once, and nothing never written", () => {
+    const s = new Store({ hash: (k) => k.length, capacity: 16 });
+    for (let i = 0; i < 3000; i++) s.set(`k${i}`, "v", i + 1);
+    const seen = new Map<string, number>();
+    let v = 10_000;
+    let i = 0;
+    for (const k of s.keys()) {
+      seen.set(k, (seen.get(k) ?? 0) + 1);
+      // Meanwhile: delete some keys, write new ones (reusing freed slots), overwrite others.
+      if (i % 3 === 0) s.delete(`k${(i * 7) % 3000}`, ++v);
+      if (i % 5 === 0) s.set(`new${i}`, "n", ++v);
+      s.set(`k${(i * 11) % 3000}`, "w", ++v);
+      i++;
+    }
+    const touched = new Set<string>();
+    for (let j = 0; j < i; j++) if (j % 3 === 0) touched.add(`k${(j * 7) % 3000}`);
+    for (let n = 0; n < 3000; n++) {
+      const k = `k${n}`;
+      if (!touched.has(k)) expect({ k, visits: seen.get(k) }).toEqual({ k, visits: 1 });
+    }
+    // A key deleted and written again meanwhile may be visited again (its new slot can lie ahead).
+    for (const k of seen.keys()) expect(k).toMatch(/^(k|new)\d+$/);
+  });
+
+  test("the seed changes the hash; the same seed gives the same hash", () => {
+    expect(hashKey("some key", 1)).toBe(hashKey("some key", 1));
+    expect(hashKey("some key", 1)).not.toBe(hashKey("some key", 2));
+    expect(hashKey("a", 0)).not.toBe(hashKey("b", 0));
   });
 });
