@@ -80,6 +80,13 @@ export function registerMicro(opts: { quick: boolean }, api: MicroApi = mitataAp
       // Baseline: a bare Map of the same keys, looked up the same way (what any JS store pays).
       const plain = new Map(storeKeys.map((k, n) => [k, { value, version: n + 1 }]));
       bench(`baseline: Map.get, ${size} keys`, () => do_not_optimize(plain.get(storeKeys[i++ % size]!)));
+      bench(`baseline: Map.get in random order, ${size} keys`, () => do_not_optimize(plain.get(storeKeys[order[r++ & 0xffff]!]!)));
+      // As a server looks up: the key is a new string each time (decoded from the request), so
+      // its hash is computed and the stored key's characters are compared. Building it is included.
+      const freshKey = () => `key:${order[r++ & 0xffff]!}`.normalize();
+      bench(`get of a fresh key string, random order, ${size} keys`, () => do_not_optimize(store.get(freshKey())?.version));
+      bench(`baseline: Map.get of a fresh key string, random order, ${size} keys`, () => do_not_optimize(plain.get(freshKey())?.version));
+      bench(`baseline: building the fresh key string alone`, () => do_not_optimize(freshKey()));
       bench(`set (overwrite), ${size} keys`, () => do_not_optimize(store.set(storeKeys[i++ % size]!, value, ++version)));
       bench(`delete + set, ${size} keys`, () => {
         const key = storeKeys[i++ % size]!;
