@@ -86,7 +86,8 @@ export class History {
   }
 
   append(seq: number, frame: Uint8Array, timeMs: number, term = 0): void {
-    assert(seq === this.lastSeq + 1, `history append out of order: ${seq} after ${this.lastSeq}`);
+    // Checked before the message is built: a template literal as argument is built on every call.
+    if (seq !== this.lastSeq + 1) assert(false, `history append out of order: ${seq} after ${this.lastSeq}`);
     if (this.count === this.cap) this.grow();
     let cur = this.chunks[this.chunks.length - 1];
     if (cur === undefined || cur.length - this.used < frame.length) {
@@ -170,7 +171,7 @@ export class History {
 
   /** Visit the index of each frame of a batch from `from`; returns how many. */
   private runs(from: number, bytesMax: number, visit: (i: number) => void): number {
-    assert(this.covers(from), `history does not cover ${from}`);
+    if (!this.covers(from)) assert(false, `history does not cover ${from}`);
     let size = 0;
     let n = 0;
     for (let i = from - this.first; i < this.count; i++) {
