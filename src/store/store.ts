@@ -221,6 +221,8 @@ export class Store {
     }
     t[2 * hole] = 0;
     t[2 * hole + 1] = 0;
+    // Give memory back after mass deletes: halve the table below a quarter of the growth load.
+    if (this.mask + 1 > CAPACITY_MIN && this.count < (LOAD_MAX / 4) * (this.mask + 1)) this.resize((this.mask + 1) / 2);
   }
 
   /** Apply a delete at `version`; returns whether a live key was removed. */

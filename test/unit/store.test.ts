@@ -417,6 +417,19 @@ describe("Store hash table", () => {
     expect([...s.keys()].length).toBe(n);
   });
 
+  test("the table grows with the keys and shrinks again after mass deletes", () => {
+    const s = new Store({ seed: 3 });
+    for (let i = 0; i < 50_000; i++) s.set(`k${i}`, "v", i + 1);
+    const full = s.capacity;
+    expect(full * 0.7).toBeGreaterThanOrEqual(50_000);
+    for (let i = 0; i < 49_900; i++) s.delete(`k${i}`, 100_000 + i);
+    expect(s.capacity).toBeLessThanOrEqual(full / 64);
+    expect(s.capacity * 0.7).toBeGreaterThanOrEqual(s.size);
+    for (let i = 49_900; i < 50_000; i++) expect(s.get(`k${i}`)?.value).toBe("v");
+    for (let i = 0; i < 49_900; i += 997) expect(s.get(`k${i}`)).toBeUndefined();
+    expect(s.size).toBe(100);
+  });
+
   test("iterating keys while the store changes visits every key live throughout exactly once, and nothing never written", () => {
     const s = new Store({ hash: (k) => k.length, capacity: 16 });
     for (let i = 0; i < 3000; i++) s.set(`k${i}`, "v", i + 1);
