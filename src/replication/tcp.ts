@@ -7,7 +7,12 @@ import type { Logger } from "../lib/log.ts";
 import { type Frame, FrameReader, FrameType, encodeFrame } from "../protocol/frame.ts";
 import { Outbox } from "./outbox.ts";
 
-/** A peer that sends nothing for this long is dead (the leader pings every second). */
+/**
+ * A peer that sends nothing for this long is dead (the leader pings every second). Bun's
+ * `socket.timeout(s)` is a deadline from when it is armed, not an idle timer (data does not reset
+ * it; checked on 1.4.5, see oven-sh/bun#35935), and fires on a 4 s grid: so it is armed again on
+ * every chunk received, and must stay above 4 s for that to push it back.
+ */
 export const LINK_IDLE_TIMEOUT_S = 10;
 
 export interface ServerConn {
@@ -87,6 +92,7 @@ export function listenReplication(host: string, port: number, frameBytesMax: num
       data(socket, chunk) {
         const d = socket.data;
         if (d.conn.out.closed) return;
+        socket.timeout(LINK_IDLE_TIMEOUT_S);
         const { frames, error } = d.reader.push(chunk);
         const err = frames.length > 0 ? h.onFrames(d.conn, frames) : undefined;
         if (error) refuse(socket, d.conn.remote, `bad frame: ${error}`);
@@ -146,6 +152,7 @@ export function connectReplication(host: string, port: number, frameBytesMax: nu
       },
       data(socket, chunk) {
         if (closed || !out) return;
+        socket.timeout(LINK_IDLE_TIMEOUT_S);
         const { frames, error } = reader.push(chunk);
         const err = frames.length > 0 ? h.onFrames(frames, out) : undefined;
         if (error || err) {

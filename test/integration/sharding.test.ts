@@ -529,6 +529,39 @@ describe("forwarding over request links", () => {
   });
 });
 
+describe("links stay up while they are used", () => {
+  // Bun's socket.timeout() is a deadline from when it is armed, not an idle timer: armed once at
+  // open, it closed every replication and request link 8-12 s after it opened, busy or not (a
+  // follower reconnected every 12 s; forwarded requests in flight on a closing link got 503).
+  test("over 16 s of steady traffic, no follower link or request link is closed as idle, and every forwarded write succeeds", async () => {
+    await using c = await TestCluster.create();
+    const a = await c.start({ leader: true, group: 0, inMemory: true });
+    const f = await c.start({ group: 0, inMemory: true });
+    const b = await c.start({ leader: true, group: 1, inMemory: true });
+    await c.awaitMembership([a, f, b], 3);
+    await c.awaitInSync(a, f);
+    const ring = new HashRing([0, 1]);
+    const keys = Array.from({ length: 400 }, (_, i) => `steady-${i}`).filter((k) => ring.ownerOf(k) === 0);
+    const until = performance.now() + 16_000;
+    let sent = 0;
+    let forwarded = 0;
+    const failed: string[] = [];
+    while (performance.now() < until) {
+      const k = keys[sent++ % keys.length]!;
+      const r = await b.set(k, `v${sent}`); // owned by group 0: B forwards it to A on its request link
+      if (r.status !== 200) failed.push(`${k}: ${r.status} ${JSON.stringify(r.body)}`);
+      if (r.headers.get("x-kvnode-node") === a.nodeId) forwarded++;
+      await Bun.sleep(25); // pacing the writer, not waiting for a condition
+    }
+    expect(failed).toEqual([]);
+    expect(forwarded).toBe(sent);
+    expect(f.log).not.toMatch(/lost link to leader/);
+    expect(a.log).not.toMatch(/connection idle, closing/);
+    expect((await f.cluster()).replication.tail_catch_ups).toBe(1);
+    await c.awaitInSync(a, f);
+  }, 40_000);
+});
+
 describe("no forwarding loops", () => {
   test("a forwarding loop cannot happen even when two nodes briefly disagree about the ring", async () => {
     await using c = await TestCluster.create();
