@@ -44,6 +44,8 @@ export class HashRing {
 
   /** The group owning `key`, or undefined on an empty ring. */
   ownerOf(key: string): number | undefined {
+    // One group owns every key: no hash to compute (the usual single-group cluster).
+    if (this.groups.length === 1) return this.groups[0];
     return this.ownerOfHash(this.hash(key) >>> 0);
   }
 

@@ -132,6 +132,15 @@ describe("HashRing", () => {
     expect(ring.shares().size).toBe(0);
   });
 
+  test("a ring of one group gives every key to it without hashing the key", () => {
+    let hashed = 0;
+    const ring = new HashRing([4], undefined, (s) => (hashed++, murmur3(s)));
+    const built = hashed; // the ring's own 150 points
+    for (const k of ["a", "", "😀", "key:123"]) expect(ring.ownerOf(k)).toBe(4);
+    expect(hashed).toBe(built);
+    expect(new HashRing([4, 5]).ownerOf("a")).toBe(new HashRing([4, 5]).ownerOfHash(murmur3("a")));
+  });
+
   test("places 150 virtual nodes per group by default", () => {
     expect(DEFAULT_VNODES).toBe(150);
     for (const n of [1, 2, 3, 7]) expect(new HashRing(Array.from({ length: n }, (_, i) => i)).size).toBe(150 * n);
