@@ -73,7 +73,8 @@ export function checkKey(s: Pick<KvService, "keyBytesMax">, key: string | undefi
   if (key === undefined) throw new BadRequestError("Missing key: pass it as ?key=");
   if (key.length === 0) throw new BadRequestError("Key must not be empty");
   if (!isWellFormed(key)) throw new BadRequestError("Key is not valid Unicode (it has a lone surrogate)");
-  const n = utf8Length(key);
+  // A UTF-16 unit is at most 3 UTF-8 bytes: short keys need no counting.
+  const n = key.length * 3 <= s.keyBytesMax ? key.length : utf8Length(key);
   if (n > s.keyBytesMax) throw new TooLargeError(`Key is ${n} bytes, limit is ${s.keyBytesMax}`);
   return key;
 }
