@@ -85,33 +85,39 @@ export function checkValue(s: Pick<KvService, "valueBytesMax">, key: string, val
   if (n > s.valueBytesMax) throw new TooLargeError(`Cannot set "${key.slice(0, 64)}": value is ${n} bytes, limit is ${s.valueBytesMax}`);
 }
 
+const malformed = (e: unknown): never => {
+  throw new BadRequestError(`Malformed JSON body: ${(e as Error).message}`);
+};
+
 async function parseJsonBody(request: Request, limit: number): Promise<unknown> {
   const declared = Number(request.headers.get("content-length") ?? 0);
   if (declared > limit) throw new TooLargeError(`Request body is ${declared} bytes, limit is ${limit}`);
   // With a declared length within the limit, parse natively from the bytes; without one (chunked),
   // read the text first so an oversized body is refused before it is parsed.
-  if (request.headers.has("content-length")) {
-    try {
-      return await request.json();
-    } catch (e) {
-      throw new BadRequestError(`Malformed JSON body: ${(e as Error).message}`);
-    }
-  }
+  if (request.headers.has("content-length")) return await request.json().catch(malformed);
   const text = await request.text();
   if (text.length > limit) throw new TooLargeError(`Request body is over ${limit} bytes`);
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new BadRequestError(`Malformed JSON body: ${(e as Error).message}`);
+    return malformed(e);
   }
 }
 
 /**
  * The /set body: JSON whatever the content-type (curl -d sends form encoding), a clear error for
  * malformed JSON or a missing or mistyped field, 413 for an oversized body. Other fields are ignored.
+ * The usual request (a declared length within the limit) takes one promise, not three nested async
+ * calls: about 0.2-0.7 us of a write's 12-14 us of server CPU in A/B runs.
  */
-async function setBodyOf(request: Request, limit: number): Promise<{ key: string; value: string }> {
-  const body = (await parseJsonBody(request, limit)) as { key?: unknown; value?: unknown } | null;
+function setBodyOf(request: Request, limit: number): Promise<{ key: string; value: string }> {
+  const declared = request.headers.get("content-length");
+  if (declared !== null && Number(declared) <= limit) return request.json().then(checkSetBody, malformed);
+  return parseJsonBody(request, limit).then(checkSetBody);
+}
+
+function checkSetBody(b: unknown): { key: string; value: string } {
+  const body = b as { key?: unknown; value?: unknown } | null;
   if (typeof body !== "object" || body === null || Array.isArray(body)) throw new BadRequestError('Invalid field "body": Expected object');
   const { key, value } = body;
   if (typeof key !== "string") throw new BadRequestError(`Invalid field "key": ${key === undefined ? "Expected required property" : "Expected string"}`);
@@ -267,7 +273,7 @@ export function createApi(s: KvService) {
     // The body is read and checked here, not by an Elysia parse hook and body schema: that path
     // cost about a tenth of /set's CPU (14.4 against 16.0 us a request in A/B runs). The schema
     // still documents it.
-    .post("/set", async ({ request, set }) => writeKey(await setBodyOf(request, bodyLimit), CLIENT, set), {
+    .post("/set", ({ request, set }) => setBodyOf(request, bodyLimit).then((b) => writeKey(b, CLIENT, set)) as never, {
       response: { 200: SetReply, ...errors },
       detail: {
         summary: "Set a key to a value",
