@@ -1,0 +1,107 @@
+/**
+ * A/B of two kvnode builds, or of one build under two environments, by server CPU per write: the
+ * steadiest figure on a shared machine. Not part of `bun run bench`; how the README's A/B figures
+ * were measured.
+ *
+ *   bun bench/ab.ts --b-root /tmp/other-checkout          this tree (A) against another (B)
+ *   bun bench/ab.ts --b-env MIMALLOC_PURGE_DELAY=-1        the same tree under another environment
+ *   bun bench/ab.ts --followers 0 --rounds 8 --seconds 5   a lone node; more and longer rounds
+ *   bun bench/ab.ts --b-keys 10000                         B overwrites 10,000 keys instead of inserting
+ *
+ * Starts two in-memory groups (a leader and --followers followers each, A from this tree, B from
+ * --b-root), and a bare Bun.serve. Each round, for A then B (B then A in odd rounds), it runs 3 s
+ * of POSTs on the bare server and then --seconds of POST /set of new keys on the group's leader
+ * (wrk, 64 connections), and reads the CPU time (user + system, all threads) and minor page faults
+ * of every node from /proc. Prints per round: req/s, the ratio to the bare run just before, the
+ * leader's and followers' CPU µs per write and faults per write; then the means. Linux only.
+ */
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { type NodeProc, TestCluster } from "../test/support/cluster.ts";
+import { waitFor } from "../test/support/wait.ts";
+import { load, startBareServer } from "./load.ts";
+
+const { values: o } = parseArgs({
+  options: {
+    "b-root": { type: "string" },
+    "a-env": { type: "string", multiple: true, default: [] },
+    "b-env": { type: "string", multiple: true, default: [] },
+    "a-keys": { type: "string" },
+    "b-keys": { type: "string" },
+    followers: { type: "string", default: "2" },
+    rounds: { type: "string", default: "6" },
+    seconds: { type: "string", default: "5" },
+  },
+});
+const rounds = Number(o.rounds);
+const seconds = Number(o.seconds);
+const followers = Number(o.followers);
+const Clusters = {
+  A: TestCluster,
+  B: o["b-root"] ? ((await import(`${o["b-root"]}/test/support/cluster.ts`)).TestCluster as typeof TestCluster) : TestCluster,
+};
+const setup = {
+  A: { env: o["a-env"], keys: Number(o["a-keys"] ?? 0) },
+  B: { env: o["b-env"], keys: Number(o["b-keys"] ?? 0) },
+};
+
+function stat(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+}
+/** CPU time of a process (all its threads) in µs, from clock ticks (100 a second). */
+const cpuUs = (pid: number) => {
+  const f = stat(pid);
+  return (Number(f[11]) + Number(f[12])) * 10_000;
+};
+const minorFaults = (pid: number) => Number(stat(pid)[7]);
+const mean = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
+
+const bare = await startBareServer();
+const clusters: TestCluster[] = [];
+try {
+  const groups = {} as Record<"A" | "B", { leader: NodeProc; nodes: NodeProc[] }>;
+  for (const name of ["A", "B"] as const) {
+    const c = await Clusters[name].create();
+    clusters.push(c);
+    const prefix = setup[name].env.length ? ["env", ...setup[name].env] : [];
+    const leader = await c.start({ leader: true, inMemory: true, prefix });
+    const nodes = [leader];
+    for (let i = 0; i < followers; i++) nodes.push(await c.start({ inMemory: true, prefix }));
+    if (followers > 0)
+      await waitFor("the followers' links", async () => (((await leader.cluster()).replication?.followers ?? []) as unknown[]).length === followers, 20_000);
+    await load({ url: `${leader.url}/set`, method: "POST", bodies: { keyPrefix: "warm-", valueBytes: 100 }, connections: 64, durationS: 2 });
+    groups[name] = { leader, nodes };
+  }
+  const sums = { A: { us: [] as number[], ratio: [] as number[], faults: [] as number[] }, B: { us: [] as number[], ratio: [] as number[], faults: [] as number[] } };
+  for (let r = 0; r < rounds; r++) {
+    for (const name of r % 2 ? (["B", "A"] as const) : (["A", "B"] as const)) {
+      const { leader, nodes } = groups[name];
+      const b = await load({ url: `${bare.url}/set`, method: "POST", body: JSON.stringify({ key: "k", value: "x".repeat(100) }), connections: 64, durationS: 3 });
+      const pids = nodes.map((n) => n.proc.pid);
+      const cpu0 = pids.map(cpuUs);
+      const flt0 = pids.map(minorFaults);
+      const keys = setup[name].keys;
+      const x = await load({
+        url: `${leader.url}/set`,
+        method: "POST",
+        bodies: { keyPrefix: keys ? `${name}-` : `r${r}${name}-`, valueBytes: 100, keys: keys || undefined },
+        connections: 64,
+        durationS: seconds,
+      });
+      const us = pids.map((p, i) => (cpuUs(p) - cpu0[i]!) / x.requests);
+      const faults = pids.map((p, i) => (minorFaults(p) - flt0[i]!) / x.requests);
+      sums[name].us.push(us[0]!);
+      sums[name].ratio.push(x.rps / b.rps);
+      sums[name].faults.push(faults[0]!);
+      console.log(
+        `${name} round ${r}: bare ${Math.round(b.rps)} req/s, kvnode ${Math.round(x.rps)} req/s (${(x.rps / b.rps).toFixed(2)}x), p99 ${x.p99_ms} ms; ` +
+          `CPU µs per write (leader, followers) ${us.map((v) => v.toFixed(1)).join(" ")}; faults per write ${faults.map((v) => v.toFixed(3)).join(" ")}`,
+      );
+    }
+  }
+  for (const name of ["A", "B"] as const)
+    console.log(`${name}: leader CPU ${mean(sums[name].us).toFixed(2)} µs per write, ${mean(sums[name].ratio).toFixed(3)}x of bare, ${mean(sums[name].faults).toFixed(3)} faults per write`);
+} finally {
+  for (const c of clusters) await c[Symbol.asyncDispose]();
+  await bare.stop();
+}
