@@ -83,36 +83,46 @@ function finish(w: Writer): Buffer {
   return w.bytes();
 }
 
+/** Bytes of a Put frame (value a string) or a Delete frame (value null) of `key`. */
+export function entryFrameBytes(key: string, value: string | null): number {
+  return FRAME_HEADER_BYTES + 4 + Buffer.byteLength(key) + (value === null ? 0 : 4 + Buffer.byteLength(value));
+}
+
 /**
- * Put and Delete are the hot path (every write, every replica, every log record): one exact
- * allocation, no growing buffer.
+ * Write a Put frame (value a string) or a Delete frame (value null) at `at` in `b`; `len` is its
+ * entryFrameBytes. Put and Delete are the hot path (every write, every replica, every log record):
+ * the leader writes them straight into its history, other callers into one exact allocation.
  */
-function encodeEntry(type: typeof FrameType.Put | typeof FrameType.Delete, h: Header, key: string, value: string | null): Buffer {
-  const kn = Buffer.byteLength(key);
-  const vn = value === null ? 0 : Buffer.byteLength(value);
-  const len = FRAME_HEADER_BYTES + 4 + kn + (value === null ? 0 : 4 + vn);
-  const b = Buffer.allocUnsafe(len);
-  b.writeUInt32BE(len - 4, 0);
-  b[4] = PROTOCOL_VERSION;
-  b[5] = type;
-  b.writeUInt32BE(h.group >>> 0, 6);
-  b.writeUInt32BE(Math.floor(h.term / 2 ** 32), 10);
-  b.writeUInt32BE(h.term % 2 ** 32, 14);
-  b.writeUInt32BE(Math.floor(h.seq / 2 ** 32), 18);
-  b.writeUInt32BE(h.seq % 2 ** 32, 22);
-  b.writeUInt32BE(kn, 26);
-  b.write(key, 30, kn, "utf8");
+export function writeEntryFrame(b: Buffer, at: number, len: number, group: number, term: number, seq: number, key: string, value: string | null): void {
+  b.writeUInt32BE(len - 4, at);
+  b[at + 4] = PROTOCOL_VERSION;
+  b[at + 5] = value === null ? FrameType.Delete : FrameType.Put;
+  b.writeUInt32BE(group >>> 0, at + 6);
+  b.writeUInt32BE(Math.floor(term / 2 ** 32), at + 10);
+  b.writeUInt32BE(term % 2 ** 32, at + 14);
+  b.writeUInt32BE(Math.floor(seq / 2 ** 32), at + 18);
+  b.writeUInt32BE(seq % 2 ** 32, at + 22);
+  // The same UTF-8 bytes Buffer.byteLength counted (a lone surrogate is 3 bytes in both).
+  const kn = b.write(key, at + 30, "utf8");
+  b.writeUInt32BE(kn, at + 26);
   if (value !== null) {
-    b.writeUInt32BE(vn, 30 + kn);
-    b.write(value, 34 + kn, vn, "utf8");
+    const vn = len - (FRAME_HEADER_BYTES + 8 + kn);
+    b.writeUInt32BE(vn, at + 30 + kn);
+    b.write(value, at + 34 + kn, vn, "utf8");
   }
+}
+
+function encodeEntry(h: Header, key: string, value: string | null): Buffer {
+  const len = entryFrameBytes(key, value);
+  const b = Buffer.allocUnsafe(len);
+  writeEntryFrame(b, 0, len, h.group, h.term, h.seq, key, value);
   return b;
 }
 
 /** Encode one frame. Big frames (entries, chunks) size the buffer up front. */
 export function encodeFrame(f: Frame): Buffer {
-  if (f.type === FrameType.Put) return encodeEntry(f.type, f, f.key, f.value);
-  if (f.type === FrameType.Delete) return encodeEntry(f.type, f, f.key, null);
+  if (f.type === FrameType.Put) return encodeEntry(f, f.key, f.value);
+  if (f.type === FrameType.Delete) return encodeEntry(f, f.key, null);
   const w = new Writer(128);
   begin(w, f.type, f);
   switch (f.type) {

@@ -6,10 +6,12 @@
  * Frames are copied into 1 MiB arena chunks, back to back, and indexed in typed arrays: a write
  * leaves no object of its own behind (a Uint8Array per write cost ~200 bytes of overhead and GC
  * work per entry), and a run of frames goes to a follower as one view, without concatenation.
- * Chunks are never reused: one dropped from the front stays valid for as long as a view into it
- * is still queued on a socket.
+ * An in-memory leader encodes its Put and Delete frames straight into the arena (appendEntry), so
+ * a write allocates no frame of its own. Chunks are never reused: one dropped from the front
+ * stays valid for as long as a view into it is still queued on a socket.
  */
 import { assert } from "../lib/assert.ts";
+import { entryFrameBytes, writeEntryFrame } from "../protocol/frame.ts";
 
 /** What one entry costs beyond its frame bytes: its slots in the five index arrays. */
 export const HISTORY_ENTRY_OVERHEAD_BYTES = 32;
@@ -28,7 +30,7 @@ export class History {
   private timeOfSlot = new Float64Array(0);
   private termOf = new Float64Array(0);
   /** Arena chunks; chunks[i] is chunk number chunkBase + i. The last one is being filled. */
-  private chunks: Uint8Array[] = [];
+  private chunks: Buffer[] = [];
   private chunkBase = 0;
   private used = 0;
   private bytes = 0;
@@ -85,25 +87,48 @@ export class History {
     this.start = 0;
   }
 
+  /** Append an encoded frame. */
   append(seq: number, frame: Uint8Array, timeMs: number, term = 0): void {
+    this.reserve(seq, frame.length).set(frame, this.used);
+    this.commit(frame.length, timeMs, term);
+  }
+
+  /**
+   * Append the Put frame of `key` = `value` (a Delete frame when `value` is null) at `seq` in
+   * `group` and `term`, encoding it in place: the bytes encodeFrame would give, without a frame
+   * of its own.
+   */
+  appendEntry(seq: number, group: number, term: number, key: string, value: string | null, timeMs: number): void {
+    const len = entryFrameBytes(key, value);
+    writeEntryFrame(this.reserve(seq, len), this.used, len, group, term, seq, key, value);
+    this.commit(len, timeMs, term);
+  }
+
+  /** The chunk the next frame (of `length` bytes, at `used`) goes into. */
+  private reserve(seq: number, length: number): Buffer {
     // Checked before the message is built: a template literal as argument is built on every call.
     if (seq !== this.lastSeq + 1) assert(false, `history append out of order: ${seq} after ${this.lastSeq}`);
     if (this.count === this.cap) this.grow();
     let cur = this.chunks[this.chunks.length - 1];
-    if (cur === undefined || cur.length - this.used < frame.length) {
-      cur = new Uint8Array(Math.max(CHUNK_BYTES, frame.length));
+    if (cur === undefined || cur.length - this.used < length) {
+      // Not zeroed: only the bytes of appended frames are ever read.
+      cur = Buffer.allocUnsafe(Math.max(CHUNK_BYTES, length));
       this.chunks.push(cur);
       this.used = 0;
     }
-    cur.set(frame, this.used);
+    return cur;
+  }
+
+  /** Index the frame of `length` bytes just written at `used`. */
+  private commit(length: number, timeMs: number, term: number): void {
     const s = this.slot(this.count++);
     this.chunkOf[s] = this.chunkBase + this.chunks.length - 1;
     this.offsetOf[s] = this.used;
-    this.lengthOf[s] = frame.length;
+    this.lengthOf[s] = length;
     this.timeOfSlot[s] = timeMs;
     this.termOf[s] = term;
-    this.used += frame.length;
-    this.bytes += frame.length + this.entryOverheadBytes;
+    this.used += length;
+    this.bytes += length + this.entryOverheadBytes;
     while (this.count > 1 && (this.count > this.entriesMax || this.bytes > this.bytesMax)) this.dropOldest();
   }
 

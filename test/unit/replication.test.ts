@@ -9,6 +9,7 @@ import { History } from "../../src/replication/history.ts";
 import { Leader, type FollowerLink } from "../../src/replication/leader.ts";
 import { Outbox, type Wire } from "../../src/replication/outbox.ts";
 import { Store } from "../../src/store/store.ts";
+import { isWellFormed } from "../../src/lib/utf8.ts";
 
 /** What a store read shows: value and version (the live entry object also names its key). */
 const entryOf = (e: { value: string; version: number } | undefined) => (e === undefined ? undefined : { value: e.value, version: e.version });
@@ -365,6 +366,40 @@ describe("History", () => {
     expect(h.firstSeq).toBe(4501);
     expect(Buffer.concat(parts)).toEqual(before);
     expect(before[0]).toBe(1);
+  });
+
+  test("appendEntry stores exactly the bytes encodeFrame gives, mixed with append, across chunks (property)", () => {
+    const entry = fc.record({
+      key: fc.string({ unit: "grapheme", minLength: 1, maxLength: 40 }),
+      // Mostly small values; now and then one near or over a 1 MiB arena chunk.
+      value: fc.oneof(
+        { weight: 20, arbitrary: fc.option(fc.string({ unit: "binary", maxLength: 300 }), { nil: null }) },
+        { weight: 1, arbitrary: fc.integer({ min: (1 << 20) - 100, max: (1 << 20) + 100 }).map((n) => "é".repeat(n >> 1)) },
+      ),
+      encoded: fc.boolean(),
+      term: fc.oneof(fc.integer({ min: 0, max: 5 }), fc.constant(2 ** 40 + 3)),
+    });
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 2 ** 33 }), fc.array(entry, { maxLength: 40 }), (start, entries) => {
+        const h = new History(1000, 64 * 1024 * 1024, start);
+        const expected = entries.map((e, i) => {
+          const seq = start + 1 + i;
+          const f: Frame = e.value === null ? { type: FrameType.Delete, group: GROUP, term: e.term, seq, key: e.key } : { type: FrameType.Put, group: GROUP, term: e.term, seq, key: e.key, value: e.value };
+          const bytes = encodeFrame(f);
+          if (e.encoded) h.append(seq, bytes, i, e.term);
+          else h.appendEntry(seq, GROUP, e.term, e.key, e.value, i);
+          const stored = h.slice(seq, 1)[0]!;
+          expect(Buffer.from(stored).equals(bytes)).toBe(true);
+          // A lone surrogate is encoded as U+FFFD, as Buffer does (the API refuses such strings).
+          if (isWellFormed(e.key) && isWellFormed(e.value ?? "")) expect(decodeFrame(stored, 0, 1 << 24)).toEqual({ ok: true, frame: f, next: bytes.length });
+          return bytes;
+        });
+        expect(Buffer.concat(h.slice(start + 1, Number.POSITIVE_INFINITY))).toEqual(Buffer.concat(expected));
+        entries.forEach((e, i) => expect(h.termAt(start + 1 + i)).toBe(e.term));
+        expect(h.byteSize).toBe(expected.reduce((n, b) => n + b.length, 0));
+      }),
+      { numRuns: 200 },
+    );
   });
 
   test("stays correct after many entries have come and gone (the array is compacted)", () => {
