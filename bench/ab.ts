@@ -16,6 +16,7 @@
  * leader's and followers' CPU µs per write and faults per write; then the means. Linux only.
  */
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { type NodeProc, TestCluster } from "../test/support/cluster.ts";
 import { waitFor } from "../test/support/wait.ts";
@@ -38,7 +39,7 @@ const seconds = Number(o.seconds);
 const followers = Number(o.followers);
 const Clusters = {
   A: TestCluster,
-  B: o["b-root"] ? ((await import(`${o["b-root"]}/test/support/cluster.ts`)).TestCluster as typeof TestCluster) : TestCluster,
+  B: o["b-root"] ? ((await import(resolve(o["b-root"], "test/support/cluster.ts"))).TestCluster as typeof TestCluster) : TestCluster,
 };
 const setup = {
   A: { env: o["a-env"], keys: Number(o["a-keys"] ?? 0) },
