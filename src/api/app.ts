@@ -89,30 +89,34 @@ const malformed = (e: unknown): never => {
   throw new BadRequestError(`Malformed JSON body: ${(e as Error).message}`);
 };
 
-async function parseJsonBody(request: Request, limit: number): Promise<unknown> {
-  const declared = Number(request.headers.get("content-length") ?? 0);
-  if (declared > limit) throw new TooLargeError(`Request body is ${declared} bytes, limit is ${limit}`);
-  // With a declared length within the limit, parse natively from the bytes; without one (chunked),
-  // read the text first so an oversized body is refused before it is parsed.
-  if (request.headers.has("content-length")) return await request.json().catch(malformed);
-  const text = await request.text();
-  if (text.length > limit) throw new TooLargeError(`Request body is over ${limit} bytes`);
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    return malformed(e);
+/**
+ * A JSON body of at most `limit` bytes. With a declared length within the limit it is parsed
+ * natively from the bytes, in one promise (three nested async calls here cost 0.2-0.7 us of a
+ * write's 12-14 us of server CPU in A/B runs); without one (chunked), the text is read first so
+ * an oversized body is refused before it is parsed.
+ */
+function parseJsonBody(request: Request, limit: number): Promise<unknown> {
+  const declared = request.headers.get("content-length");
+  if (declared !== null) {
+    const n = Number(declared);
+    if (n > limit) return Promise.reject(new TooLargeError(`Request body is ${n} bytes, limit is ${limit}`));
+    return request.json().catch(malformed);
   }
+  return request.text().then((text) => {
+    if (text.length > limit) throw new TooLargeError(`Request body is over ${limit} bytes`);
+    try {
+      return JSON.parse(text) as unknown;
+    } catch (e) {
+      return malformed(e);
+    }
+  });
 }
 
 /**
  * The /set body: JSON whatever the content-type (curl -d sends form encoding), a clear error for
  * malformed JSON or a missing or mistyped field, 413 for an oversized body. Other fields are ignored.
- * The usual request (a declared length within the limit) takes one promise, not three nested async
- * calls: about 0.2-0.7 us of a write's 12-14 us of server CPU in A/B runs.
  */
 function setBodyOf(request: Request, limit: number): Promise<{ key: string; value: string }> {
-  const declared = request.headers.get("content-length");
-  if (declared !== null && Number(declared) <= limit) return request.json().then(checkSetBody, malformed);
   return parseJsonBody(request, limit).then(checkSetBody);
 }
 
