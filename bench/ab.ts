@@ -1,5 +1,5 @@
 /**
- * A/B of two kvnode builds, or of one build under two environments, by server CPU per write: the
+ * A/B of two kvnode builds, or of one build under two environments, by server CPU per request: the
  * steadiest figure on a shared machine. Not part of `bun run bench`; how the README's A/B figures
  * were measured.
  *
@@ -7,13 +7,14 @@
  *   bun bench/ab.ts --b-env MIMALLOC_PURGE_DELAY=-1        the same tree under another environment
  *   bun bench/ab.ts --followers 0 --rounds 8 --seconds 5   a lone node; more and longer rounds
  *   bun bench/ab.ts --b-keys 10000                         B overwrites 10,000 keys instead of inserting
+ *   bun bench/ab.ts --get 10000 --followers 0              GETs of 10,000 random existing keys instead
  *
  * Starts two in-memory groups (a leader and --followers followers each, A from this tree, B from
  * --b-root), and a bare Bun.serve. Each round, for A then B (B then A in odd rounds), it runs 3 s
  * of POSTs on the bare server and then --seconds of POST /set of new keys on the group's leader
  * (wrk, 64 connections), and reads the CPU time (user + system, all threads) and minor page faults
  * of every node from /proc. Prints per round: req/s, the ratio to the bare run just before, the
- * leader's and followers' CPU µs per write and faults per write; then the means. Linux only.
+ * leader's and followers' CPU µs per write and faults per request; then the means. Linux only.
  */
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
@@ -32,11 +33,14 @@ const { values: o } = parseArgs({
     followers: { type: "string", default: "2" },
     rounds: { type: "string", default: "6" },
     seconds: { type: "string", default: "5" },
+    get: { type: "string" },
   },
 });
 const rounds = Number(o.rounds);
 const seconds = Number(o.seconds);
 const followers = Number(o.followers);
+/** --get N: measure GETs of N random existing keys (written before the rounds) instead of writes. */
+const getKeys = Number(o.get ?? 0);
 const Clusters = {
   A: TestCluster,
   B: o["b-root"] ? ((await import(resolve(o["b-root"], "test/support/cluster.ts"))).TestCluster as typeof TestCluster) : TestCluster,
@@ -71,18 +75,26 @@ try {
     if (followers > 0)
       await waitFor("the followers' links", async () => (((await leader.cluster()).replication?.followers ?? []) as unknown[]).length === followers, 20_000);
     await load({ url: `${leader.url}/set`, method: "POST", bodies: { keyPrefix: "warm-", valueBytes: 100 }, connections: 64, durationS: 2 });
+    if (getKeys) {
+      for (let i = 1; i <= getKeys; i += 500)
+        await Promise.all(Array.from({ length: Math.min(500, getKeys - i + 1) }, (_, j) => leader.set(`g-${i + j}`, "v".repeat(100))));
+    }
     groups[name] = { leader, nodes };
   }
   const sums = { A: { us: [] as number[], ratio: [] as number[], faults: [] as number[] }, B: { us: [] as number[], ratio: [] as number[], faults: [] as number[] } };
   for (let r = 0; r < rounds; r++) {
     for (const name of r % 2 ? (["B", "A"] as const) : (["A", "B"] as const)) {
       const { leader, nodes } = groups[name];
-      const b = await load({ url: `${bare.url}/set`, method: "POST", body: JSON.stringify({ key: "k", value: "x".repeat(100) }), connections: 64, durationS: 3 });
+      const b = getKeys
+        ? await load({ url: `${bare.url}/get?key=k`, connections: 64, durationS: 3 })
+        : await load({ url: `${bare.url}/set`, method: "POST", body: JSON.stringify({ key: "k", value: "x".repeat(100) }), connections: 64, durationS: 3 });
       const pids = nodes.map((n) => n.proc.pid);
       const cpu0 = pids.map(cpuUs);
       const flt0 = pids.map(minorFaults);
       const keys = setup[name].keys;
-      const x = await load({
+      const x = getKeys
+        ? await load({ url: leader.url, mix: { keys: getKeys, setRatio: 0, keyPrefix: "g-" }, connections: 64, durationS: seconds })
+        : await load({
         url: `${leader.url}/set`,
         method: "POST",
         bodies: { keyPrefix: keys ? `${name}-` : `r${r}${name}-`, valueBytes: 100, keys: keys || undefined },
@@ -96,12 +108,12 @@ try {
       sums[name].faults.push(faults[0]!);
       console.log(
         `${name} round ${r}: bare ${Math.round(b.rps)} req/s, kvnode ${Math.round(x.rps)} req/s (${(x.rps / b.rps).toFixed(2)}x), p99 ${x.p99_ms} ms; ` +
-          `CPU µs per write (leader, followers) ${us.map((v) => v.toFixed(1)).join(" ")}; faults per write ${faults.map((v) => v.toFixed(3)).join(" ")}`,
+          `CPU µs per request (leader, followers) ${us.map((v) => v.toFixed(1)).join(" ")}; faults per request ${faults.map((v) => v.toFixed(3)).join(" ")}`,
       );
     }
   }
   for (const name of ["A", "B"] as const)
-    console.log(`${name}: leader CPU ${mean(sums[name].us).toFixed(2)} µs per write, ${mean(sums[name].ratio).toFixed(3)}x of bare, ${mean(sums[name].faults).toFixed(3)} faults per write`);
+    console.log(`${name}: leader CPU ${mean(sums[name].us).toFixed(2)} µs per request, ${mean(sums[name].ratio).toFixed(3)}x of bare, ${mean(sums[name].faults).toFixed(3)} faults per request`);
 } finally {
   for (const c of clusters) await c[Symbol.asyncDispose]();
   await bare.stop();

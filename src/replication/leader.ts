@@ -32,7 +32,8 @@ export interface FollowerLink {
   lastAckMs: number;
   /** Delay between a write and its ack, for the last acked write still in history. */
   lastDelayMs: number;
-  snapshot: { seq: number; term: number; entries: [string, Entry][]; index: number } | null;
+  /** A full state transfer in progress: the entries still to send. */
+  snapshot: { seq: number; term: number; entries: Iterator<[string, Entry]> } | null;
 }
 
 export interface FollowerInfo {
@@ -306,7 +307,7 @@ export class Leader {
     const entries = this.o.store.snapshot();
     const seq = this.applied;
     link.mode = "snapshot";
-    link.snapshot = { seq, term: this.termAt(seq), entries, index: 0 };
+    link.snapshot = { seq, term: this.termAt(seq), entries: entries[Symbol.iterator]() };
     this.stats.fullTransfers++;
     link.out.send(encodeFrame({ type: FrameType.SnapshotBegin, group: this.o.group, term: link.snapshot.term, seq, historyId: this.o.historyId, count: entries.length }));
     this.o.log.info("full state transfer to follower", { node_id: link.nodeId, keys: entries.length, seq, why });
@@ -336,14 +337,20 @@ export class Leader {
     const snap = link.snapshot!;
     const chunk: SnapshotEntry[] = [];
     let bytes = 0;
-    while (snap.index < snap.entries.length && bytes < limits.snapshotChunkBytes) {
-      const [key, e] = snap.entries[snap.index++]!;
+    let done = false;
+    while (bytes < limits.snapshotChunkBytes) {
+      const next = snap.entries.next();
+      if (next.done) {
+        done = true;
+        break;
+      }
+      const [key, e] = next.value;
       chunk.push({ key, value: e.value, version: e.version });
       bytes += 16 + utf8Length(key) + utf8Length(e.value);
     }
     const h = { group: this.o.group, term: snap.term, seq: snap.seq };
     if (chunk.length > 0) link.out.send(encodeFrame({ type: FrameType.SnapshotChunk, ...h, entries: chunk }));
-    if (snap.index >= snap.entries.length) {
+    if (done) {
       link.out.send(encodeFrame({ type: FrameType.SnapshotEnd, ...h }));
       link.mode = "stream";
       link.next = snap.seq + 1;

@@ -1,1 +1,1 @@
-export { Store, type Entry } from "./store.ts";
+export { Store, type Entry, type Snapshot } from "./store.ts";

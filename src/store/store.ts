@@ -6,17 +6,21 @@
  * later cannot bring the key back; tombstones are purged once no replica can still need them (see
  * `purgeTombstones`).
  *
- * Layout, chosen for the garbage collector. A JS `Map` of a million keys is one object: once a
- * key is inserted, JavaScriptCore's next young-generation collection rescans all of it, and each
- * doubling rehashes it whole. Under a stream of new keys that was tens of milliseconds, many
- * times a second (SET p99 46 ms at 600k keys). So:
- * - the index is an open-addressing hash table in one Int32Array (linear probing, [hash, slot + 1]
- *   pairs; deletes close their gap by backward shift, so there are no index tombstones). The
- *   collector never scans it, and growing it copies integers, rehashing nothing;
- * - each key has a small Slot object (key, value, version). An overwrite changes its Slot in
- *   place, so the collector rescans that one object;
- * - the slots are listed in chunks of CHUNK references. An insert writes one chunk (the last, or
- *   the one holding a freed slot), so the collector rescans CHUNK references, not the store.
+ * Layout: keys and values live as bytes, off the JavaScript heap, so the collector never scans
+ * the data however large it grows (a JS object and two strings a key cost a writer 1-2 us a write
+ * in collections and page faults, and ~270 MiB for a million keys of 100 bytes).
+ * - Entries are appended to an arena of 1 MiB buffers (an entry over a quarter of that gets a
+ *   buffer of its own). An entry is a 24-byte header (hash, room, version, key and value lengths)
+ *   and the key's and the value's characters: one byte each when the string is ASCII, else its
+ *   UTF-16 code units, two bytes each. Every JS string is kept exactly, lone surrogates included.
+ * - The index is an open-addressing hash table in one Int32Array (linear probing, [hash, buffer + 1,
+ *   offset] triples; deletes close their gap by backward shift, so there are no index tombstones).
+ *   Growing it copies integers and rehashes nothing.
+ * - An overwrite that fits the entry's room (its bytes rounded up to 8) is written in place; a larger
+ *   one is appended and the old entry becomes garbage. A buffer that is less than half live is
+ *   compacted: its live entries are copied to the head buffer and it is dropped (at most as many
+ *   bytes copied as freed, ~1 MiB at a time).
+ * - Reads decode the value into a fresh string (~60 ns for 100 bytes).
  * The key hash is FNV-1a over UTF-16 code units with a per-process seed (the node picks it at
  * random): cheap for the short, freshly parsed keys requests carry. It is not a keyed
  * cryptographic hash, so keys crafted to collide can still slow the table down, as they can a Map.
@@ -29,20 +33,46 @@ export interface Entry {
   readonly version: number;
 }
 
-/** Slots a chunk of the slot directory holds. */
-const CHUNK_BITS = 10;
-const CHUNK = 1 << CHUNK_BITS;
+/** A store's live entries at one moment, decoded as they are iterated. */
+export interface Snapshot extends Iterable<[string, Entry]> {
+  readonly length: number;
+}
+
+/** Size of an arena buffer. */
+const CHUNK_BYTES = 1 << 20;
+/** An entry larger than this gets a buffer of its own. */
+const LARGE_BYTES = CHUNK_BYTES >>> 2;
+/** Entry header: hash i32, room u32, version f64, key length u32, value length u32 (little-endian). */
+const HEADER = 24;
+/** Header fields as indexes from the entry's first word: 32-bit words (hash 0, room 1, key 4, value 5), 64-bit (version 1). */
+const W_ROOM = 1;
+const W_KEY = 4;
+const W_VALUE = 5;
+const D_VERSION = 1;
+/** Top bit of a length: the string is stored as UTF-16 code units (else one byte a character, ASCII). */
+const WIDE = 0x8000_0000;
+const LENGTH = 0x7fff_ffff;
 /** Grow the table when it would be fuller than this. */
 const LOAD_MAX = 0.7;
+/** A table place whose entry is being rewritten: occupied, but pointing at no buffer. */
+const MOVING = -1;
 const CAPACITY_MIN = 16;
 
-/** A key's entry; overwrites change it in place (handed out as a read-only Entry). */
-class Slot implements Entry {
-  constructor(
-    readonly key: string,
-    public value: string,
-    public version: number,
-  ) {}
+/** One arena buffer. */
+interface Chunk {
+  readonly buf: Buffer;
+  /** The same bytes as 32-bit and 64-bit words: entries start 8-aligned, so header fields are array reads. */
+  readonly u32: Uint32Array;
+  readonly i32: Int32Array;
+  readonly f64: Float64Array;
+  /** Bytes handed out (entries lie back to back from 0). */
+  used: number;
+  /** Bytes of live entries. */
+  live: number;
+  /** Creation order: keys() walks buffers oldest first, so entries moved meanwhile lie ahead. */
+  readonly epoch: number;
+  /** Holds one large entry. */
+  readonly single: boolean;
 }
 
 /**
@@ -59,6 +89,24 @@ export function hashKey(key: string, seed: number): number {
   return h ^ (h >>> 16);
 }
 
+/** A string's stored length field: its length, with WIDE when it is not all ASCII. */
+const lengthField = (s: string): number => (Buffer.byteLength(s, "utf8") === s.length ? s.length : (s.length | WIDE) >>> 0);
+/** Bytes a length field stands for. */
+const bytesOf = (field: number): number => (field & WIDE ? 2 * (field & LENGTH) : field);
+const align8 = (n: number) => (n + 7) & ~7;
+
+/** Buffer's native latin1 methods (Bun has them; @types/node does not declare them): 2.4x and 1.15x faster than write/toString. */
+type Latin1 = { latin1Write(s: string, at: number): number; latin1Slice(start: number, end: number): string };
+
+function writeString(buf: Buffer, at: number, s: string, field: number): void {
+  if (field & WIDE) buf.write(s, at, "utf16le");
+  else (buf as Buffer & Latin1).latin1Write(s, at);
+}
+
+function readString(buf: Buffer, at: number, field: number): string {
+  return field & WIDE ? buf.toString("utf16le", at, at + 2 * (field & LENGTH)) : (buf as Buffer & Latin1).latin1Slice(at, at + field);
+}
+
 export interface StoreOptions {
   /** Seed of the key hash (the node picks a random one, so that keys chosen to collide are not known in advance). */
   seed?: number;
@@ -71,15 +119,18 @@ export interface StoreOptions {
 export class Store {
   private readonly seed: number;
   private readonly hash: (key: string, seed: number) => number;
-  /** [hash, slot + 1] pairs; slot + 1 = 0 marks an empty place. */
+  /** [hash, chunk + 1, offset] triples; chunk + 1 = 0 marks an empty place. */
   private table: Int32Array;
   private mask: number;
   private count = 0;
-  /** The slot directory: slot s is chunks[s >>> CHUNK_BITS][s & (CHUNK - 1)], undefined when free. */
-  private chunks: (Slot | undefined)[][] = [];
-  /** Slots ever handed out (slots below it are live or on the free list). */
-  private slots = 0;
-  private free: number[] = [];
+  /** Arena buffers by number; undefined when dropped (numbers are reused). */
+  private chunks: (Chunk | undefined)[] = [];
+  private freeChunks: number[] = [];
+  /** The buffer new entries go to. */
+  private head = -1;
+  /** The chunk of the last append (saves returning a pair). */
+  private appended = -1;
+  private epochs = 0;
   /** Deleted keys and the version of their delete. */
   private readonly dead = new Map<string, number>();
   /** Tombstones in version order, for purging. */
@@ -91,7 +142,7 @@ export class Store {
     this.hash = o.hash ?? hashKey;
     const capacity = Math.max(CAPACITY_MIN, o.capacity ?? CAPACITY_MIN);
     assert((capacity & (capacity - 1)) === 0, "store capacity must be a power of two");
-    this.table = new Int32Array(2 * capacity);
+    this.table = new Int32Array(3 * capacity);
     this.mask = capacity - 1;
   }
 
@@ -109,9 +160,36 @@ export class Store {
     return this.mask + 1;
   }
 
+  /** Bytes of arena buffers held, and of live entries in them. */
+  get arenaBytes(): { held: number; live: number } {
+    let held = 0;
+    let live = 0;
+    for (const c of this.chunks) {
+      if (c === undefined) continue;
+      held += c.buf.length;
+      live += c.live;
+    }
+    return { held, live };
+  }
+
   /** The key's hash as an int32 (what the table stores; an injected hash may return any number). */
   private hashOf(key: string): number {
     return this.hash(key, this.seed) | 0;
+  }
+
+  /** Whether the entry at `at` of `c` holds `key`. */
+  private holds(c: Chunk, at: number, key: string): boolean {
+    const field = c.u32[(at >>> 2) + W_KEY]!;
+    const n = field & LENGTH;
+    if (n !== key.length) return false;
+    const b = c.buf;
+    let i = at + HEADER;
+    if (field & WIDE) {
+      for (let k = 0; k < n; k++, i += 2) if ((b[i]! | (b[i + 1]! << 8)) !== key.charCodeAt(k)) return false;
+    } else {
+      for (let k = 0; k < n; k++, i++) if (b[i] !== key.charCodeAt(k)) return false;
+    }
+    return true;
   }
 
   /** Table position of `key` (whose hash is `h`), or -1 - (the empty position where it would go). */
@@ -119,26 +197,37 @@ export class Store {
     const t = this.table;
     const mask = this.mask;
     for (let p = h & mask; ; p = (p + 1) & mask) {
-      const s = t[2 * p + 1]!;
-      if (s === 0) return -1 - p;
-      if (t[2 * p] === h && this.slot(s - 1).key === key) return p;
+      const c = t[3 * p + 1]!;
+      if (c === 0) return -1 - p;
+      if (t[3 * p] === h && this.holds(this.chunks[c - 1]!, t[3 * p + 2]!, key)) return p;
     }
   }
 
-  private slot(n: number): Slot {
-    return this.chunks[n >>> CHUNK_BITS]![n & (CHUNK - 1)]!;
+  /** Table position pointing at the entry at `at` of chunk `n` (whose hash is `h`), or -1 if none does (garbage). */
+  private positionOf(h: number, n: number, at: number): number {
+    const t = this.table;
+    const mask = this.mask;
+    for (let p = h & mask; ; p = (p + 1) & mask) {
+      const c = t[3 * p + 1]!;
+      if (c === 0) return -1;
+      if (c === n + 1 && t[3 * p + 2] === at) return p;
+    }
   }
 
-  /** The live entry of `key`, or undefined when missing or deleted. It shows later overwrites: read what you need at once. */
+  /** The live entry of `key` (a copy), or undefined when missing or deleted. */
   get(key: string): Entry | undefined {
     const p = this.find(key, this.hashOf(key));
-    return p < 0 ? undefined : this.slot(this.table[2 * p + 1]! - 1);
+    if (p < 0) return undefined;
+    const c = this.chunks[this.table[3 * p + 1]! - 1]!;
+    const at = this.table[3 * p + 2]!;
+    const value = readString(c.buf, at + HEADER + bytesOf(c.u32[(at >>> 2) + W_KEY]!), c.u32[(at >>> 2) + W_VALUE]!);
+    return { value, version: c.f64[(at >>> 3) + D_VERSION]! };
   }
 
   /** Version of the key including tombstones; 0 when the store has never seen it. */
   versionOf(key: string): number {
     const p = this.find(key, this.hashOf(key));
-    if (p >= 0) return this.slot(this.table[2 * p + 1]! - 1).version;
+    if (p >= 0) return this.chunks[this.table[3 * p + 1]! - 1]!.f64[(this.table[3 * p + 2]! >>> 3) + D_VERSION]!;
     return this.dead.get(key) ?? 0;
   }
 
@@ -150,11 +239,28 @@ export class Store {
     const h = this.hashOf(key);
     let p = this.find(key, h);
     if (p >= 0) {
-      // In place: the collector rescans this one small object, not the directory.
-      const e = this.slot(this.table[2 * p + 1]! - 1);
-      if (e.version >= version) return false;
-      e.value = value;
-      e.version = version;
+      const t = this.table;
+      const n = t[3 * p + 1]! - 1;
+      const at = t[3 * p + 2]!;
+      const c = this.chunks[n]!;
+      if (c.f64[(at >>> 3) + D_VERSION]! >= version) return false;
+      const keyField = c.u32[(at >>> 2) + W_KEY]!;
+      const keyBytes = bytesOf(keyField);
+      const valueField = lengthField(value);
+      if (keyBytes + bytesOf(valueField) <= c.u32[(at >>> 2) + W_ROOM]!) {
+        writeString(c.buf, at + HEADER + keyBytes, value, valueField);
+        c.u32[(at >>> 2) + W_VALUE] = valueField;
+        c.f64[(at >>> 3) + D_VERSION] = version;
+        return true;
+      }
+      // Too large for its room: the old entry becomes garbage and the write is appended anew.
+      // Meanwhile the table points nowhere (MOVING keeps probes going), so that compaction, of the
+      // old buffer or of the old head, does not copy the old entry.
+      t[3 * p + 1] = MOVING;
+      this.release(n, at);
+      const to = this.append(h, key, keyField, value, valueField, version);
+      this.table[3 * p + 1] = this.appended + 1;
+      this.table[3 * p + 2] = to;
       return true;
     }
     if (this.dead.size > 0) {
@@ -168,68 +274,155 @@ export class Store {
       this.resize(2 * (this.mask + 1));
       p = this.find(key, h);
     }
-    this.insertAt(-1 - p, h, new Slot(key, value, version));
+    const to = this.append(h, key, lengthField(key), value, lengthField(value), version);
+    p = -1 - p;
+    this.table[3 * p] = h;
+    this.table[3 * p + 1] = this.appended + 1;
+    this.table[3 * p + 2] = to;
+    this.count++;
     return true;
   }
 
-  private insertAt(p: number, h: number, e: Slot): void {
-    let n = this.free.pop();
-    if (n === undefined) {
-      n = this.slots++;
-      if ((n & (CHUNK - 1)) === 0) this.chunks.push(new Array<Slot | undefined>(CHUNK).fill(undefined));
+  /** Write an entry into the arena; returns its offset, in chunk `this.appended`. */
+  private append(h: number, key: string, keyField: number, value: string, valueField: number, version: number): number {
+    const keyBytes = bytesOf(keyField);
+    const room = align8(keyBytes + bytesOf(valueField));
+    const size = HEADER + room;
+    let n: number;
+    if (size > LARGE_BYTES) {
+      n = this.newChunk(size, true);
+    } else {
+      n = this.head;
+      if (n < 0 || this.chunks[n]!.used + size > CHUNK_BYTES) n = this.newHead();
     }
-    this.chunks[n >>> CHUNK_BITS]![n & (CHUNK - 1)] = e;
-    this.table[2 * p] = h;
-    this.table[2 * p + 1] = n + 1;
-    this.count++;
+    const c = this.chunks[n]!;
+    const at = c.used;
+    c.i32[at >>> 2] = h;
+    c.u32[(at >>> 2) + W_ROOM] = room;
+    c.f64[(at >>> 3) + D_VERSION] = version;
+    c.u32[(at >>> 2) + W_KEY] = keyField;
+    c.u32[(at >>> 2) + W_VALUE] = valueField;
+    writeString(c.buf, at + HEADER, key, keyField);
+    writeString(c.buf, at + HEADER + keyBytes, value, valueField);
+    c.used += size;
+    c.live += size;
+    this.appended = n;
+    return at;
+  }
+
+  /**
+   * Start a new head buffer. The old head was exempt from compaction while entries went to it:
+   * check it now (once it is no longer the head, only a release of one of its entries would).
+   */
+  private newHead(): number {
+    const old = this.head;
+    this.head = this.newChunk(CHUNK_BYTES, false);
+    if (old >= 0) {
+      const c = this.chunks[old]!;
+      if (c.live === 0) this.dropChunk(old);
+      else if (2 * c.live < c.used) this.compact(old);
+    }
+    return this.head;
+  }
+
+  private newChunk(bytes: number, single: boolean): number {
+    // Never from Buffer's shared pool: the word views need the buffer to start 8-aligned.
+    const buf = Buffer.allocUnsafeSlow(bytes);
+    const { buffer, byteOffset, length } = buf;
+    const c: Chunk = { buf, u32: new Uint32Array(buffer, byteOffset, length >>> 2), i32: new Int32Array(buffer, byteOffset, length >>> 2), f64: new Float64Array(buffer, byteOffset, length >>> 3), used: 0, live: 0, epoch: this.epochs++, single };
+    const n = this.freeChunks.pop() ?? this.chunks.length;
+    this.chunks[n] = c;
+    return n;
+  }
+
+  /** The entry at `at` of chunk `n` is garbage now: drop its chunk when empty, compact it when mostly garbage. */
+  private release(n: number, at: number): void {
+    const c = this.chunks[n]!;
+    c.live -= HEADER + c.u32[(at >>> 2) + W_ROOM]!;
+    if (n === this.head) return;
+    if (c.live === 0) this.dropChunk(n);
+    else if (!c.single && 2 * c.live < c.used) this.compact(n);
+  }
+
+  private dropChunk(n: number): void {
+    this.chunks[n] = undefined;
+    this.freeChunks.push(n);
+  }
+
+  /** Copy the live entries of chunk `n` to the head and drop it. */
+  private compact(n: number): void {
+    const c = this.chunks[n]!;
+    const t = this.table;
+    for (let at = 0; at < c.used; at += HEADER + c.u32[(at >>> 2) + W_ROOM]!) {
+      const h = c.i32[at >>> 2]!;
+      const p = this.positionOf(h, n, at);
+      if (p < 0) continue;
+      const bytes = HEADER + bytesOf(c.u32[(at >>> 2) + W_KEY]!) + bytesOf(c.u32[(at >>> 2) + W_VALUE]!);
+      const size = HEADER + align8(bytes - HEADER);
+      let m = this.head;
+      if (m < 0 || this.chunks[m]!.used + size > CHUNK_BYTES) m = this.newHead();
+      const d = this.chunks[m]!;
+      const to = d.used;
+      c.buf.copy(d.buf, to, at, at + bytes);
+      d.u32[(to >>> 2) + W_ROOM] = size - HEADER;
+      d.used += size;
+      d.live += size;
+      t[3 * p + 1] = m + 1;
+      t[3 * p + 2] = to;
+    }
+    this.dropChunk(n);
   }
 
   private resize(capacity: number): void {
     const old = this.table;
-    const t = new Int32Array(2 * capacity);
+    const t = new Int32Array(3 * capacity);
     const mask = capacity - 1;
-    for (let i = 0; i < old.length; i += 2) {
-      const s = old[i + 1]!;
-      if (s === 0) continue;
+    for (let i = 0; i < old.length; i += 3) {
+      const c = old[i + 1]!;
+      if (c === 0) continue;
       const h = old[i]!;
       let p = h & mask;
-      while (t[2 * p + 1] !== 0) p = (p + 1) & mask;
-      t[2 * p] = h;
-      t[2 * p + 1] = s;
+      while (t[3 * p + 1] !== 0) p = (p + 1) & mask;
+      t[3 * p] = h;
+      t[3 * p + 1] = c;
+      t[3 * p + 2] = old[i + 2]!;
     }
     this.table = t;
     this.mask = mask;
   }
 
-  /** Take the entry at table position `p` out: free its slot and close the gap (backward shift). */
+  /** Take the entry at table position `p` out: close the gap (backward shift), then release its bytes. */
   private removeAt(p: number): void {
     const t = this.table;
-    const n = t[2 * p + 1]! - 1;
-    this.chunks[n >>> CHUNK_BITS]![n & (CHUNK - 1)] = undefined;
-    this.free.push(n);
+    const n = t[3 * p + 1]! - 1;
+    const at = t[3 * p + 2]!;
     this.count--;
     const mask = this.mask;
     let hole = p;
-    for (let q = (p + 1) & mask; t[2 * q + 1] !== 0; q = (q + 1) & mask) {
-      const home = t[2 * q]! & mask;
+    for (let q = (p + 1) & mask; t[3 * q + 1] !== 0; q = (q + 1) & mask) {
+      const home = t[3 * q]! & mask;
       // Move q into the hole when the hole lies on q's probe path (from its home to q).
       if (((q - home) & mask) >= ((q - hole) & mask)) {
-        t[2 * hole] = t[2 * q]!;
-        t[2 * hole + 1] = t[2 * q + 1]!;
+        t[3 * hole] = t[3 * q]!;
+        t[3 * hole + 1] = t[3 * q + 1]!;
+        t[3 * hole + 2] = t[3 * q + 2]!;
         hole = q;
       }
     }
-    t[2 * hole] = 0;
-    t[2 * hole + 1] = 0;
+    t[3 * hole] = 0;
+    t[3 * hole + 1] = 0;
+    t[3 * hole + 2] = 0;
     // Give memory back after mass deletes: halve the table below a quarter of the growth load.
     if (this.mask + 1 > CAPACITY_MIN && this.count < (LOAD_MAX / 4) * (this.mask + 1)) this.resize((this.mask + 1) / 2);
+    this.release(n, at);
   }
 
   /** Apply a delete at `version`; returns whether a live key was removed. */
   delete(key: string, version: number): boolean {
     const p = this.find(key, this.hashOf(key));
     if (p >= 0) {
-      if (this.slot(this.table[2 * p + 1]! - 1).version >= version) return false;
+      const c = this.chunks[this.table[3 * p + 1]! - 1]!;
+      if (c.f64[(this.table[3 * p + 2]! >>> 3) + D_VERSION]! >= version) return false;
       this.removeAt(p);
     } else {
       const deletedAt = this.dead.get(key);
@@ -259,47 +452,75 @@ export class Store {
   }
 
   /**
-   * Live keys, in slot order. Safe while the store changes: a key live throughout the iteration is
-   * visited once; a key inserted, or deleted and written again, meanwhile may be missed or seen twice.
+   * Live entries as [chunk, offset], oldest buffer first. Safe while the store changes: an entry
+   * moved meanwhile (compacted, or overwritten by a larger value) moves to the newest buffer, ahead.
    */
-  *keys(): IterableIterator<string> {
-    for (let n = 0; n < this.slots; n++) {
-      const e = this.chunks[n >>> CHUNK_BITS]![n & (CHUNK - 1)];
-      if (e !== undefined) yield e.key;
+  private *live(): Generator<[Chunk, number]> {
+    let epoch = -1;
+    for (;;) {
+      let n = -1;
+      for (let m = 0; m < this.chunks.length; m++) {
+        const c = this.chunks[m];
+        if (c !== undefined && c.epoch > epoch && (n < 0 || c.epoch < this.chunks[n]!.epoch)) n = m;
+      }
+      if (n < 0) return;
+      const c = this.chunks[n]!;
+      epoch = c.epoch;
+      // c.used grows while c is the head; the walk stops if c is compacted away meanwhile.
+      for (let at = 0; at < c.used && this.chunks[n] === c; at += HEADER + c.u32[(at >>> 2) + W_ROOM]!) {
+        if (this.positionOf(c.i32[at >>> 2]!, n, at) >= 0) yield [c, at];
+      }
     }
   }
 
-  /** A consistent copy of the live entries (later writes do not change it). */
-  snapshot(): [string, Entry][] {
-    const out: [string, Entry][] = new Array(this.count);
-    let i = 0;
-    for (let n = 0; n < this.slots; n++) {
-      const e = this.chunks[n >>> CHUNK_BITS]![n & (CHUNK - 1)];
-      if (e !== undefined) out[i++] = [e.key, { value: e.value, version: e.version }];
-    }
-    return out;
+  /**
+   * Live keys, oldest first. Safe while the store changes: a key live throughout the iteration is
+   * visited at least once, twice if it was moved meanwhile from a place already passed (compacted,
+   * or overwritten by a larger value); a key written or deleted meanwhile may be missed or seen twice.
+   */
+  *keys(): IterableIterator<string> {
+    for (const [c, at] of this.live()) yield readString(c.buf, at + HEADER, c.u32[(at >>> 2) + W_KEY]!);
+  }
+
+  /**
+   * A consistent copy of the live entries: later writes do not change it. Taking it copies the
+   * table and the arena's bytes (a memcpy of about the data's size, ~0.1 s for a million keys
+   * of 100 bytes); the entries are decoded one by one as it is iterated, in table order.
+   */
+  snapshot(): Snapshot {
+    const bufs = this.chunks.map((c) => (c === undefined ? undefined : Buffer.from(c.buf.subarray(0, c.used))));
+    const table = this.table.slice();
+    return {
+      length: this.count,
+      *[Symbol.iterator]() {
+        for (let p = 0; p < table.length; p += 3) {
+          const n = table[p + 1]!;
+          if (n === 0) continue;
+          const b = bufs[n - 1]!;
+          const at = table[p + 2]!;
+          const keyField = b.readUInt32LE(at + 4 * W_KEY);
+          const key = readString(b, at + HEADER, keyField);
+          const value = readString(b, at + HEADER + bytesOf(keyField), b.readUInt32LE(at + 4 * W_VALUE));
+          yield [key, { value, version: b.readDoubleLE(at + 8 * D_VERSION) }];
+        }
+      },
+    };
   }
 
   /** Replace the whole content (a full state transfer). */
   replaceAll(entries: Iterable<readonly [string, string, number]>): void {
-    this.table = new Int32Array(2 * CAPACITY_MIN);
+    this.table = new Int32Array(3 * CAPACITY_MIN);
     this.mask = CAPACITY_MIN - 1;
     this.count = 0;
     this.chunks = [];
-    this.slots = 0;
-    this.free = [];
+    this.freeChunks = [];
+    this.head = -1;
     this.dead.clear();
     this.tombstones = [];
     this.tombstoneHead = 0;
     for (const [k, v, version] of entries) {
-      const h = this.hashOf(k);
-      let p = this.find(k, h);
-      assert(p < 0, `duplicate key in state transfer: "${k}"`);
-      if (this.count + 1 > LOAD_MAX * (this.mask + 1)) {
-        this.resize(2 * (this.mask + 1));
-        p = this.find(k, h);
-      }
-      this.insertAt(-1 - p, h, new Slot(k, v, version));
+      assert(this.find(k, this.hashOf(k)) < 0, `duplicate key in state transfer: "${k}"`);
+      this.set(k, v, version);
     }
   }
 }

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { limits } from "../lib/limits.ts";
 import { utf8Length } from "../lib/utf8.ts";
 import { type Frame, FrameType, type SnapshotEntry, encodeFrame } from "../protocol/frame.ts";
-import type { Entry } from "../store/store.ts";
+import type { Snapshot } from "../store/store.ts";
 import { fsyncDir, snapName } from "./files.ts";
 import { encodeRecord, scanRecords } from "./record.ts";
 
@@ -22,7 +22,7 @@ export interface SnapshotMeta {
 }
 
 /** Encode a snapshot chunk by chunk; yields record bytes. */
-export function* snapshotRecords(meta: SnapshotMeta, entries: readonly (readonly [string, Entry])[]): Generator<Buffer> {
+export function* snapshotRecords(meta: SnapshotMeta, entries: Snapshot): Generator<Buffer> {
   const h = { group: meta.group, term: meta.term, seq: meta.seq };
   yield encodeRecord(encodeFrame({ type: FrameType.SnapshotBegin, ...h, historyId: meta.historyId, count: entries.length }));
   let chunk: SnapshotEntry[] = [];
@@ -41,7 +41,7 @@ export function* snapshotRecords(meta: SnapshotMeta, entries: readonly (readonly
 }
 
 /** Write a snapshot file; resolves with its name once it is durable. */
-export async function writeSnapshot(dir: string, meta: SnapshotMeta, entries: readonly (readonly [string, Entry])[]): Promise<{ name: string; bytes: number }> {
+export async function writeSnapshot(dir: string, meta: SnapshotMeta, entries: Snapshot): Promise<{ name: string; bytes: number }> {
   const name = snapName(meta.historyId, meta.seq);
   const tmp = join(dir, `${name}.tmp`);
   const fh = await open(tmp, "w");

@@ -222,8 +222,7 @@ class Sim {
 
 /** The live content of a store, sorted: key, value, version. */
 function content(s: Store): [string, string | null, number][] {
-  return s
-    .snapshot()
+  return [...s.snapshot()]
     .map(([k, e]) => [k, e.value, e.version] as [string, string | null, number])
     .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
 }

@@ -29,8 +29,7 @@ function apply(s: Store, op: Versioned): boolean {
 function state(s: Store, keys: Iterable<string>) {
   const versions: Record<string, [string | null | undefined, number]> = {};
   for (const k of keys) versions[JSON.stringify(k)] = [s.get(k)?.value, s.versionOf(k)];
-  const snap = s
-    .snapshot()
+  const snap = [...s.snapshot()]
     .map(([k, e]) => [k, e.value, e.version] as const)
     .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
   return { size: s.size, tombstones: s.tombstoneCount, snap, versions, keys: [...s.keys()].sort() };
@@ -258,20 +257,19 @@ describe("Store", () => {
     });
   });
 
-  test("an overwrite updates the entry in place (get shows it), an older one changes nothing, a delete and a new write make a new entry", () => {
+  test("a read is a copy: an overwrite, an older write and a delete do not change an entry read before", () => {
     const s = new Store();
     s.set("a", "1", 1);
     const e = s.get("a")!;
     expect(s.set("a", "2", 5)).toBe(true);
-    expect(entryOf(e)).toEqual({ value: "2", version: 5 });
-    expect(s.get("a")).toBe(e);
+    expect(entryOf(e)).toEqual({ value: "1", version: 1 });
+    expect(entryOf(s.get("a"))).toEqual({ value: "2", version: 5 });
     expect(s.set("a", "stale", 3)).toBe(false);
-    expect(entryOf(e)).toEqual({ value: "2", version: 5 });
+    expect(entryOf(s.get("a"))).toEqual({ value: "2", version: 5 });
     s.delete("a", 6);
     expect(s.get("a")).toBeUndefined();
-    expect(entryOf(e)).toEqual({ value: "2", version: 5 }); // a delete does not touch the old entry
+    expect(entryOf(e)).toEqual({ value: "1", version: 1 });
     s.set("a", "3", 7);
-    expect(s.get("a")).not.toBe(e);
     expect(entryOf(s.get("a"))).toEqual({ value: "3", version: 7 });
     expect(s.size).toBe(1);
   });
@@ -283,16 +281,21 @@ describe("Store", () => {
     s.set("gone", "x", 3);
     s.delete("gone", 4);
     const snap = s.snapshot();
-    const copy = JSON.parse(JSON.stringify(snap));
-    s.set("a", "changed", 5);
-    s.delete("b", 6);
-    s.set("c", "new", 7);
-    s.replaceAll([["z", "z", 8]]);
-    expect(JSON.parse(JSON.stringify(snap))).toEqual(copy);
-    expect(copy).toEqual([
+    // Overwrites in place and moved, deletes, new keys, buffers compacted and dropped, a replaceAll.
+    s.set("a", "2", 5);
+    s.set("b", "a longer value that moves", 6);
+    for (let i = 0; i < 5000; i++) s.set(`big${i}`, "x".repeat(500), 10 + i);
+    for (let i = 0; i < 5000; i++) s.delete(`big${i}`, 10_000 + i);
+    s.delete("a", 20_000);
+    s.replaceAll([["z", "z", 20_001]]);
+    const sorted = [...snap].sort((x, y) => (x[0] < y[0] ? -1 : 1));
+    expect(sorted).toEqual([
       ["a", { value: "1", version: 1 }],
       ["b", { value: "2", version: 2 }],
     ]);
+    expect(snap.length).toBe(2);
+    // It can be iterated again, with the same result.
+    expect([...snap].length).toBe(2);
   });
 
   test("a snapshot holds live entries only", () => {
@@ -300,7 +303,8 @@ describe("Store", () => {
     s.set("a", "1", 1);
     s.delete("a", 2);
     s.delete("b", 3);
-    expect(s.snapshot()).toEqual([]);
+    expect([...s.snapshot()]).toEqual([]);
+    expect(s.snapshot().length).toBe(0);
   });
 
   test("replaceAll swaps in exactly the given content and forgets old tombstones", () => {
@@ -329,7 +333,7 @@ describe("Store", () => {
     s.set("a", "1", 1);
     s.replaceAll([]);
     expect(s.size).toBe(0);
-    expect(s.snapshot()).toEqual([]);
+    expect([...s.snapshot()]).toEqual([]);
   });
 
   test("replaceAll refuses a key listed twice", () => {
@@ -348,7 +352,7 @@ describe("Store", () => {
         const s = new Store();
         for (const op of ops) apply(s, op);
         const t = new Store();
-        t.replaceAll(s.snapshot().map(([k, e]) => [k, e.value!, e.version] as const));
+        t.replaceAll([...s.snapshot()].map(([k, e]) => [k, e.value!, e.version] as const));
         const a = state(s, ALL_KEYS);
         const b = state(t, ALL_KEYS);
         expect(b.snap).toEqual(a.snap);
@@ -394,7 +398,7 @@ describe("Store hash table", () => {
           expect(s.capacity * 0.7).toBeGreaterThanOrEqual(s.size);
           for (let n = 0; n <= 41; n++) expect(entryOf(s.get(`k${n}`))).toEqual(model.get(`k${n}`));
           expect([...s.keys()].sort()).toEqual([...model.keys()].sort());
-          const snap = Object.fromEntries(s.snapshot().map(([k, e]) => [k, e]));
+          const snap = Object.fromEntries([...s.snapshot()].map(([k, e]) => [k, e]));
           expect(snap).toEqual(Object.fromEntries(model));
         }),
         { numRuns: 200 },
@@ -458,5 +462,127 @@ describe("Store hash table", () => {
     expect(hashKey("some key", 1)).toBe(hashKey("some key", 1));
     expect(hashKey("some key", 1)).not.toBe(hashKey("some key", 2));
     expect(hashKey("a", 0)).not.toBe(hashKey("b", 0));
+  });
+});
+
+describe("Store arena (keys and values as bytes off the JS heap)", () => {
+  const MiB = 1 << 20;
+  // Values from empty to over a quarter MiB (those get a buffer of their own), in ASCII, Latin-1,
+  // astral and lone-surrogate text: each kind is stored differently and must read back exactly.
+  const sizes = [0, 1, 7, 8, 9, 3000, 40_000, 300_000];
+  const chars = ["a", "é", "😀", "\ud800", "\0"];
+  const valueArb = fc.tuple(fc.constantFrom(...sizes), fc.constantFrom(...chars), fc.string({ maxLength: 3 })).map(([n, c, tail]) => c.repeat(n) + tail);
+  const keyArb = fc.oneof(fc.integer({ min: 0, max: 30 }).map((n) => `k${n}`), fc.constantFrom("é", "😀", "\udc00", "", "k1\0"));
+  const opsArb = fc.array(fc.tuple(fc.constantFrom("set", "set", "set", "del"), keyArb, valueArb), { maxLength: 200 });
+
+  test("values of any size and text match a Map model through overwrites, moves, compaction and deletes (property)", () => {
+    fc.assert(
+      fc.property(opsArb, (list) => {
+        const s = new Store({ seed: 5 });
+        const model = new Map<string, { value: string; version: number }>();
+        let v = 0;
+        for (const [kind, key, value] of list) {
+          v++;
+          if (kind === "set") {
+            expect(s.set(key, value, v)).toBe(true);
+            model.set(key, { value, version: v });
+          } else expect(s.delete(key, v)).toBe(model.delete(key));
+          const { held, live } = s.arenaBytes;
+          // Buffers other than the newest are at least half live: the arena holds at most ~2.7x its live bytes.
+          expect(held).toBeLessThanOrEqual(3 * live + MiB);
+        }
+        expect(s.size).toBe(model.size);
+        for (const [k, e] of model) {
+          expect(entryOf(s.get(k))).toEqual(e);
+          expect(s.versionOf(k)).toBe(e.version);
+        }
+        expect([...s.keys()].sort()).toEqual([...model.keys()].sort());
+        expect(new Map(s.snapshot())).toEqual(model);
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  test("memory comes back: deleting most keys, or growing every value, leaves the arena near its live bytes", () => {
+    const s = new Store({ seed: 8 });
+    const n = 40_000;
+    const value = "v".repeat(500);
+    for (let i = 0; i < n; i++) s.set(`key:${i}`, value, i + 1);
+    const full = s.arenaBytes;
+    expect(full.live).toBeGreaterThanOrEqual(n * 500);
+    expect(full.held).toBeLessThanOrEqual(full.live + 2 * MiB);
+    let version = n;
+    for (let i = 0; i < n; i++) if (i % 10 !== 0) s.delete(`key:${i}`, ++version);
+    const after = s.arenaBytes;
+    expect(after.live).toBeLessThan(full.live / 8);
+    expect(after.held).toBeLessThanOrEqual(3 * after.live + MiB);
+    // Every survivor grows past its room: each moves once, and the old places are reclaimed.
+    const bigger = "w".repeat(900);
+    for (let i = 0; i < n; i += 10) s.set(`key:${i}`, bigger, ++version);
+    const grown = s.arenaBytes;
+    expect(grown.held).toBeLessThanOrEqual(3 * grown.live + MiB);
+    for (let i = 0; i < n; i++) expect(s.get(`key:${i}`)?.value).toBe(i % 10 === 0 ? bigger : undefined);
+    expect(s.size).toBe(n / 10);
+  });
+
+  test("an overwrite that fits its entry's room stays in place; a larger one moves, and both read back", () => {
+    const s = new Store();
+    s.set("a", "12345", 1); // room: 1 + 5 rounded up to 8
+    const { held } = s.arenaBytes;
+    s.set("a", "1234567", 2); // 1 + 7 = 8 still fits
+    expect(s.arenaBytes.live).toBe(24 + 8);
+    s.set("a", "12345678", 3); // 9: moves
+    expect(s.arenaBytes.live).toBe(24 + 16);
+    expect(s.arenaBytes.held).toBe(held);
+    expect(entryOf(s.get("a"))).toEqual({ value: "12345678", version: 3 });
+    s.set("a", "é", 4); // non-ASCII: two bytes a code unit, fits the room
+    expect(entryOf(s.get("a"))).toEqual({ value: "é", version: 4 });
+  });
+
+  test("a value that outgrows its room while its buffer is compacted (the head filling up) is written once, at its new place", () => {
+    const s = new Store({ seed: 4 });
+    const value = "v".repeat(1000);
+    let v = 0;
+    // Fill most of the first buffer, then delete two thirds of it: it stays, being the head.
+    const n = 1000;
+    for (let i = 0; i < n; i++) s.set(`k${i}`, value, ++v);
+    for (let i = 0; i < n; i++) if (i % 3 !== 0) s.delete(`k${i}`, ++v);
+    // Grow a survivor past what is left of the head: a new head starts, the old one (holding the
+    // survivor's old entry) is compacted, and the grown value goes to the new head.
+    const grown = "g".repeat(60_000);
+    for (let i = 0; i < n; i += 3) s.set(`k${i}`, grown, ++v);
+    for (let i = 0; i < n; i++) expect(s.get(`k${i}`)?.value).toBe(i % 3 === 0 ? grown : undefined);
+    const { held, live } = s.arenaBytes;
+    expect(live).toBe(Math.ceil(n / 3) * (24 + 60_008));
+    expect(held).toBeLessThanOrEqual(3 * live + MiB);
+    expect([...s.keys()].length).toBe(Math.ceil(n / 3));
+  });
+
+  test("iterating keys while entries move and buffers are compacted visits every key live throughout at least once", () => {
+    const s = new Store({ seed: 2 });
+    const n = 6000;
+    for (let i = 0; i < n; i++) s.set(`k${i}`, "x".repeat(400), i + 1); // ~2.5 MiB: three buffers
+    const seen = new Map<string, number>();
+    let v = 100_000;
+    let i = 0;
+    for (const k of s.keys()) {
+      seen.set(k, (seen.get(k) ?? 0) + 1);
+      // Delete half the keys ahead and behind (so buffers fall below half live and are compacted),
+      // grow others (so they move), write new ones.
+      if (i < n / 2) s.delete(`d${i}`, ++v);
+      if (i % 2 === 0) s.delete(`k${(i * 7919) % n}`, ++v);
+      else s.set(`k${(i * 7919) % n}`, "y".repeat(900), ++v);
+      i++;
+    }
+    const touched = new Set<string>();
+    for (let j = 0; j < i; j++) if (j % 2 === 0) touched.add(`k${(j * 7919) % n}`);
+    for (let m = 0; m < n; m++) {
+      const k = `k${m}`;
+      if (touched.has(k)) continue;
+      // Once per place it was found in: it may be moved ahead of the walk more than once.
+      expect({ k, visited: seen.has(k) }).toEqual({ k, visited: true });
+    }
+    for (const k of seen.keys()) expect(k).toMatch(/^k\d+$/);
+    expect(s.arenaBytes.held).toBeLessThanOrEqual(3 * s.arenaBytes.live + MiB);
   });
 });

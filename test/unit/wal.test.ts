@@ -91,7 +91,7 @@ const sortByKey = <T extends readonly [string, ...unknown[]]>(xs: T[]): T[] => x
 
 /** The store holds exactly the model's live entries; with `tombstones`, deleted keys' versions too. */
 function expectStoreEquals(store: Store, m: Model, tombstones = true): void {
-  const got = sortByKey(store.snapshot().map(([k, e]) => [k, e.value, e.version] as [string, string | null, number]));
+  const got = sortByKey([...store.snapshot()].map(([k, e]) => [k, e.value, e.version] as [string, string | null, number]));
   const want = sortByKey(liveEntries(m).map(([k, e]) => [k, e.value, e.version] as [string, string | null, number]));
   expect(got).toEqual(want);
   expect(store.size).toBe(want.length);
