@@ -66,15 +66,17 @@ export class Writer {
 /** Thrown only inside decoders and caught there: decoders return reasons, never throw. */
 export class Short extends Error {}
 
-const utf8 = new TextDecoder();
+/** Buffer's native UTF-8 decoder of a range (Bun has it; @types/node does not declare it). */
+type Utf8Slice = { utf8Slice(start: number, end: number): string };
+
+/** `bytes` as a Buffer over the same memory (no copy). */
+export const asBuffer = (bytes: Uint8Array): Buffer => (Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
 
 export class Reader {
   pos: number;
-  constructor(
-    private readonly buf: Uint8Array,
-    start: number,
-    readonly end: number,
-  ) {
+  private readonly buf: Buffer & Utf8Slice;
+  constructor(buf: Uint8Array, start: number, readonly end: number) {
+    this.buf = asBuffer(buf) as Buffer & Utf8Slice;
     this.pos = start;
   }
   private need(n: number): void {
@@ -106,9 +108,9 @@ export class Reader {
   }
   private text(n: number): string {
     this.need(n);
-    // A view and TextDecoder: ~half the cost of wrapping the bytes in a Buffer to call toString
-    // (the same replacement of invalid UTF-8).
-    const s = utf8.decode(this.buf.subarray(this.pos, this.pos + n));
+    // The range decoded straight from the Buffer: no view object a string (30 against 58 ns for 8
+    // bytes, 60 against 83 for 100, with TextDecoder on a subarray); invalid UTF-8 is replaced the same way.
+    const s = this.buf.utf8Slice(this.pos, this.pos + n);
     this.pos += n;
     return s;
   }

@@ -14,7 +14,7 @@
  *
  * Binary safe: keys and values are length-prefixed, so any character (NUL, newline, `|`) passes.
  */
-import { Reader, Short, Writer } from "./_bytes.ts";
+import { Reader, Short, Writer, asBuffer } from "./_bytes.ts";
 
 export const PROTOCOL_VERSION = 1;
 export const FRAME_HEADER_BYTES = 26;
@@ -238,9 +238,10 @@ export class FrameReader {
 
   /** Push a chunk; returns the whole frames in it, or the reason the stream is not ours. */
   push(chunk: Uint8Array): { frames: Frame[]; error?: DecodeFailure } {
-    let buf: Uint8Array = chunk;
+    // One Buffer over the chunk: the decoder reads strings from it without a view per string.
+    let buf: Buffer = asBuffer(chunk);
     if (this.pending) {
-      const joined = new Uint8Array(this.pending.length + chunk.length);
+      const joined = Buffer.allocUnsafe(this.pending.length + chunk.length);
       joined.set(this.pending, 0);
       joined.set(chunk, this.pending.length);
       buf = joined;
@@ -256,7 +257,7 @@ export class FrameReader {
         continue;
       }
       if (d.reason === "need-more") {
-        this.pending = buf.slice(off);
+        this.pending = Buffer.from(buf.subarray(off)); // a copy: the chunk's memory is not ours to keep
         break;
       }
       return { frames, error: d.reason };
