@@ -378,11 +378,12 @@ describe("Store hash table", () => {
     { maxLength: 300 },
   );
 
-  for (const [name, hash] of weakHashes) {
+  // migrateStep 1: a resize moves one old place per write, so most ops run while one is in progress.
+  for (const [name, hash, migrateStep] of weakHashes.flatMap(([n, h]) => [[n, h, undefined], [`${n}, resizing one place a write`, h, 1]] as const)) {
     test(`matches a Map model through growth and deletes: ${name} (property)`, () => {
       fc.assert(
         fc.property(ops, (list) => {
-          const s = new Store({ hash, capacity: 16 });
+          const s = new Store({ hash, capacity: 16, migrateStep });
           const model = new Map<string, { value: string; version: number }>();
           let v = 0;
           for (const [kind, key, value] of list) {
@@ -419,6 +420,29 @@ describe("Store hash table", () => {
     for (let i = 0; i < n; i += 2) s.set(`key:${i}`, "again", 2 * n + i + 1);
     expect(s.size).toBe(n);
     expect([...s.keys()].length).toBe(n);
+  });
+
+  test("a resize moves the table a few places a write: every key reads back meanwhile, and it ends in time", () => {
+    const s = new Store({ seed: 6, migrateStep: 8, capacity: 1024 });
+    let v = 0;
+    let n = 0;
+    while (!s.resizing) s.set(`k${n++}`, `v${n - 1}`, ++v);
+    const from = s.capacity / 2;
+    let writes = 0;
+    const expected = (j: number) => (j < writes && j % 2 ? undefined : `v${j}`);
+    while (s.resizing) {
+      for (let j = 0; j < n; j += 37) expect(s.get(`k${j}`)?.value).toBe(expected(j));
+      // New keys and deletes of old ones, each carrying a step of the resize.
+      if (writes % 2) s.delete(`k${writes}`, ++v);
+      else s.set(`new${writes}`, "w", ++v);
+      writes++;
+    }
+    expect(writes).toBeLessThanOrEqual(from / 8);
+    for (let j = 0; j < writes; j++) {
+      expect(s.get(`new${j}`)?.value).toBe(j % 2 ? undefined : "w");
+      expect(s.get(`k${j}`)?.value).toBe(expected(j));
+    }
+    expect(s.size).toBe(n + Math.ceil(writes / 2) - Math.floor(writes / 2));
   });
 
   test("the table grows with the keys and shrinks again after mass deletes", () => {
@@ -478,7 +502,7 @@ describe("Store arena (keys and values as bytes off the JS heap)", () => {
   test("values of any size and text match a Map model through overwrites, moves, compaction and deletes (property)", () => {
     fc.assert(
       fc.property(opsArb, (list) => {
-        const s = new Store({ seed: 5 });
+        const s = new Store({ seed: 5, migrateStep: 1 });
         const model = new Map<string, { value: string; version: number }>();
         let v = 0;
         for (const [kind, key, value] of list) {
