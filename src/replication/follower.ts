@@ -29,7 +29,8 @@ export class Follower {
   /** Term of the entry at `applied` (what Hello reports, so a leader can tell a diverged log). */
   term = 0;
   private welcomed = false;
-  private staging: { seq: number; historyId: string; entries: [string, string, number][] } | null = null;
+  /** A full transfer in progress, staged in a store of its own (as bytes) until its end. */
+  private staging: { seq: number; historyId: string; store: Store } | null = null;
   readonly stats: FollowerStats = { fullTransfers: 0, tailCatchUps: 0, applied: 0 };
 
   constructor(
@@ -96,16 +97,19 @@ export class Follower {
         return undefined;
       case FrameType.SnapshotBegin:
         if (!this.welcomed) return "snapshot before welcome";
-        this.staging = { seq: f.seq, historyId: f.historyId, entries: [] };
+        this.staging = { seq: f.seq, historyId: f.historyId, store: this.store.emptyLike() };
         return undefined;
       case FrameType.SnapshotChunk:
         if (!this.staging || f.seq !== this.staging.seq) return "snapshot chunk outside a snapshot";
-        for (const e of f.entries) this.staging.entries.push([e.key, e.value, e.version]);
+        for (const e of f.entries) {
+          if (this.staging.store.versionOf(e.key) !== 0) return `key sent twice in a snapshot: "${e.key.slice(0, 64)}"`;
+          this.staging.store.set(e.key, e.value, e.version);
+        }
         return undefined;
       case FrameType.SnapshotEnd: {
         const s = this.staging;
         if (!s || f.seq !== s.seq) return "snapshot end outside a snapshot";
-        this.store.replaceAll(s.entries);
+        this.store.adopt(s.store);
         this.applied = s.seq;
         this.term = f.term;
         this.historyId = s.historyId;

@@ -576,6 +576,31 @@ export class Store {
     };
   }
 
+  /** A new, empty store with this one's hash, seed and options (to stage a full transfer in). */
+  emptyLike(): Store {
+    return new Store({ seed: this.seed, hash: this.hash, migrateStep: this.migrateStep });
+  }
+
+  /** Take over the whole content of `other` (a staged full transfer), which is left empty. */
+  adopt(other: Store): void {
+    assert(other.seed === this.seed && other.hash === this.hash, "a store can only adopt one with the same hash");
+    this.table = other.table;
+    this.mask = other.mask;
+    this.old = other.old;
+    this.oldMask = other.oldMask;
+    this.migrated = other.migrated;
+    this.count = other.count;
+    this.chunks = other.chunks;
+    this.freeChunks = other.freeChunks;
+    this.head = other.head;
+    this.epochs = other.epochs;
+    this.dead.clear();
+    for (const [k, v] of other.dead) this.dead.set(k, v);
+    this.tombstones = other.tombstones;
+    this.tombstoneHead = other.tombstoneHead;
+    other.replaceAll([]);
+  }
+
   /** Replace the whole content (a full state transfer). */
   replaceAll(entries: Iterable<readonly [string, string, number]>): void {
     this.table = new Int32Array(3 * CAPACITY_MIN);

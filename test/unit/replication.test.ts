@@ -593,6 +593,23 @@ describe("Follower", () => {
     expect(f.applied).toBe(21);
   });
 
+  test("refuses a full transfer that sends a key twice, keeping its own state", () => {
+    const { f, store } = fresh();
+    store.set("old", "x", 1);
+    f.onFrame(welcome(WelcomeMode.Snapshot, 20));
+    f.onFrame({ type: FrameType.SnapshotBegin, ...h(20), historyId: HISTORY_ID, count: 2 });
+    f.onFrame({ type: FrameType.SnapshotChunk, ...h(20), entries: [{ key: "a", value: "1", version: 5 }] });
+    expect(f.onFrame({ type: FrameType.SnapshotChunk, ...h(20), entries: [{ key: "a", value: "2", version: 6 }] })).toMatch(/twice/);
+    expect(content(store)).toEqual([["old", "x", 1]]);
+    // The next link starts over with a hello; a transfer that begins again is staged afresh.
+    f.hello();
+    f.onFrame(welcome(WelcomeMode.Snapshot, 20));
+    f.onFrame({ type: FrameType.SnapshotBegin, ...h(20), historyId: HISTORY_ID, count: 1 });
+    f.onFrame({ type: FrameType.SnapshotChunk, ...h(20), entries: [{ key: "a", value: "2", version: 6 }] });
+    expect(f.onFrame({ type: FrameType.SnapshotEnd, ...h(20) })).toBeUndefined();
+    expect(content(store)).toEqual([["a", "2", 6]]);
+  });
+
   test("refuses frames of another group and reports a leader's error", () => {
     const { f } = fresh();
     expect(f.onFrame({ type: FrameType.Ping, group: GROUP + 1, term: 1, seq: 0 })).toMatch(/group/);

@@ -328,6 +328,25 @@ describe("Store", () => {
     expect(s.purgeTombstones(1000)).toBe(0);
   });
 
+  test("adopt takes over a store made with emptyLike, tombstones included, and leaves it empty", () => {
+    const s = new Store({ seed: 11 });
+    s.set("mine", "gone after adopt", 1);
+    const staged = s.emptyLike();
+    for (let i = 0; i < 20_000; i++) staged.set(`k${i}`, "v".repeat(i % 200), i + 1); // several buffers, a resize
+    staged.delete("k7", 30_000);
+    s.adopt(staged);
+    expect(s.size).toBe(19_999);
+    expect(s.get("mine")).toBeUndefined();
+    expect(s.versionOf("k7")).toBe(30_000);
+    expect(s.set("k7", "old write", 29_999)).toBe(false);
+    for (let i = 0; i < 20_000; i += 101) if (i !== 7) expect(entryOf(s.get(`k${i}`))).toEqual({ value: "v".repeat(i % 200), version: i + 1 });
+    expect(staged.size).toBe(0);
+    expect([...staged.keys()]).toEqual([]);
+    staged.set("x", "y", 1); // the emptied store still works, and shares nothing with s
+    expect(s.get("x")).toBeUndefined();
+    expect(() => s.adopt(new Store({ seed: 12 }))).toThrow();
+  });
+
   test("replaceAll with nothing empties the store", () => {
     const s = new Store();
     s.set("a", "1", 1);
