@@ -8,9 +8,10 @@
  *   bun bench/ab.ts --followers 0 --rounds 8 --seconds 5   a lone node; more and longer rounds
  *   bun bench/ab.ts --b-keys 10000                         B overwrites 10,000 keys instead of inserting
  *   bun bench/ab.ts --get 10000 --followers 0              GETs of 10,000 random existing keys instead
+ *   bun bench/ab.ts --fsync batch --followers 0            nodes with a data dir and that -fsync mode
  *
- * Starts two in-memory groups (a leader and --followers followers each, A from this tree, B from
- * --b-root), and a bare Bun.serve. Each round, for A then B (B then A in odd rounds), it runs 3 s
+ * Starts two groups, A from this tree and B from --b-root (a leader and --followers followers
+ * each; in memory, or with a data dir and that -fsync mode with --fsync), and a bare Bun.serve. Each round, for A then B (B then A in odd rounds), it runs 3 s
  * of POSTs on the bare server and then --seconds of POST /set of new keys on the group's leader
  * (wrk, 64 connections), and reads the CPU time (user + system, all threads) and minor page faults
  * of every node from /proc. Prints per round: req/s, the ratio to the bare run just before, the
@@ -34,6 +35,7 @@ const { values: o } = parseArgs({
     rounds: { type: "string", default: "6" },
     seconds: { type: "string", default: "5" },
     get: { type: "string" },
+    fsync: { type: "string" },
   },
 });
 const rounds = Number(o.rounds);
@@ -69,9 +71,10 @@ try {
     const c = await Clusters[name].create();
     clusters.push(c);
     const prefix = setup[name].env.length ? ["env", ...setup[name].env] : [];
-    const leader = await c.start({ leader: true, inMemory: true, prefix });
+    const disk = o.fsync ? { inMemory: false, extra: ["-fsync", o.fsync] } : { inMemory: true };
+    const leader = await c.start({ leader: true, ...disk, prefix });
     const nodes = [leader];
-    for (let i = 0; i < followers; i++) nodes.push(await c.start({ inMemory: true, prefix }));
+    for (let i = 0; i < followers; i++) nodes.push(await c.start({ ...disk, prefix }));
     if (followers > 0)
       await waitFor("the followers' links", async () => (((await leader.cluster()).replication?.followers ?? []) as unknown[]).length === followers, 20_000);
     await load({ url: `${leader.url}/set`, method: "POST", bodies: { keyPrefix: "warm-", valueBytes: 100 }, connections: 64, durationS: 2 });
