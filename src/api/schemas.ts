@@ -134,6 +134,16 @@ export const StorageView = t.Object({
   torn_bytes_cut: Int({ description: "Bytes of a torn log tail cut off at start-up" }),
 });
 
+export const MemoryView = t.Object({
+  keys: Int({ description: "Live keys in this node's store" }),
+  tombstones: Int({ description: "Deleted keys remembered until no replica can need them" }),
+  table_places: Int({ description: "Places in the store's hash table (grows at 70% full, shrinks below 17.5%)" }),
+  table_resizing: t.Boolean({ description: "A resize of the table is moving entries, a few a write" }),
+  arena_bytes: Int({ description: "Bytes of the buffers holding keys and values" }),
+  arena_live_bytes: Int({ description: "Bytes of live entries in them (the rest is garbage awaiting compaction)" }),
+  rss_bytes: Int({ description: "Resident memory of the process" }),
+});
+
 export const ClusterReply = t.Object({
   self_node_id: t.String(),
   self_group: Int(),
@@ -160,6 +170,7 @@ export const ClusterReply = t.Object({
   }),
   replication: ReplicationView,
   storage: StorageView,
+  memory: MemoryView,
   discovery: t.Object({
     received: Int(),
     accepted: Int(),

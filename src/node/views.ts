@@ -92,6 +92,7 @@ export function createViews(d: ViewDeps): { cluster: () => Static<typeof Cluster
       rebalance: mover ? mover.progress() : { draining: membership.getSelf().draining, moving: false, moved: 0, passes: 0, last_error: null },
       replication: replicationView(),
       storage: storageView(),
+      memory: memoryView(),
       discovery: { received: ds.received, accepted: ds.accepted, dropped: { ...ds.dropped }, sent: ds.sent, send_errors: ds.sendErrors },
     };
   };
@@ -99,6 +100,19 @@ export function createViews(d: ViewDeps): { cluster: () => Static<typeof Cluster
   const storageView = () => {
     if (!durability) return { data_dir: null, durable_seq: position(), data_dir_bytes: 0, fsync: "in-memory", log_flushes: 0, log_records: 0, log_failures: 0, snapshots: 0, last_snapshot_seq: 0, torn_bytes_cut: 0 };
     return durability.stats();
+  };
+
+  const memoryView = () => {
+    const arena = store.arenaBytes;
+    return {
+      keys: store.size,
+      tombstones: store.tombstoneCount,
+      table_places: store.capacity,
+      table_resizing: store.resizing,
+      arena_bytes: arena.held,
+      arena_live_bytes: arena.live,
+      rss_bytes: process.memoryUsage.rss(),
+    };
   };
 
   const healthView = (): Static<typeof HealthReply> => {

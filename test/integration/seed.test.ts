@@ -220,3 +220,32 @@ describe("membership", () => {
     expect(n.log).toMatch(/kvnode stopped/);
   });
 });
+
+describe("a node's memory in /cluster", () => {
+  test("shows the store's keys, table and buffers, and the buffers shrink after most keys are deleted", async () => {
+    await using c = await TestCluster.create();
+    const leader = await c.start({ leader: true, inMemory: true });
+    const value = "m".repeat(1000);
+    const n = 3000; // ~3 MiB of entries: several 1 MiB buffers
+    for (let i = 0; i < n; i += 100) {
+      const rs = await Promise.all(Array.from({ length: 100 }, (_, j) => leader.set(`mem${i + j}`, value)));
+      for (const r of rs) expect(r.status).toBe(200);
+    }
+    const full = (await leader.cluster()).memory;
+    expect(full.keys).toBe(n);
+    expect(full.table_places * 0.7).toBeGreaterThanOrEqual(n);
+    expect(full.arena_live_bytes).toBeGreaterThanOrEqual(n * 1000);
+    expect(full.arena_bytes).toBeGreaterThanOrEqual(full.arena_live_bytes);
+    expect(full.arena_bytes).toBeLessThan(full.arena_live_bytes + 2 * 2 ** 20);
+    expect(full.rss_bytes).toBeGreaterThan(full.arena_bytes);
+    for (let i = 0; i < n; i += 100) {
+      const rs = await Promise.all(Array.from({ length: 100 }, (_, j) => (j % 10 === 0 ? null : leader.del(`mem${i + j}`))));
+      for (const r of rs) if (r) expect(r.body.deleted).toBe(true);
+    }
+    const after = (await leader.cluster()).memory;
+    expect(after.keys).toBe(n / 10);
+    expect(after.tombstones).toBe(n - n / 10);
+    expect(after.arena_bytes).toBeLessThan(full.arena_bytes / 2);
+    expect((await leader.get("mem10")).body.value).toBe(value);
+  });
+});

@@ -82,6 +82,7 @@ class MemoryService implements KvService {
       rebalance: { draining: false, moving: false, moved: 0, passes: 0, last_error: null },
       replication: this.replication(),
       storage: { data_dir: null, durable_seq: this.seq, data_dir_bytes: 0, fsync: "in-memory", log_flushes: 0, log_records: 0, log_failures: 0, snapshots: 0, last_snapshot_seq: 0, torn_bytes_cut: 0 },
+      memory: { keys: 0, tombstones: 0, table_places: 16, table_resizing: false, arena_bytes: 0, arena_live_bytes: 0, rss_bytes: 1 },
       discovery: { received: 0, accepted: 0, dropped: {}, sent: 0, send_errors: 0 },
     };
   }
