@@ -28,7 +28,7 @@ import { FrameType, encodeFrame } from "../src/protocol/frame.ts";
 import { Store, type Entry } from "../src/store/store.ts";
 import { type FsyncMode, LogWriter } from "../src/wal/log.ts";
 import { encodeRecord } from "../src/wal/record.ts";
-import { readSnapshot, writeSnapshot } from "../src/wal/snapshot.ts";
+import { loadSnapshot, writeSnapshot } from "../src/wal/snapshot.ts";
 import { recover } from "../src/wal/recover.ts";
 import { snapName, unlockDir, walName, writeIdentity } from "../src/wal/files.ts";
 
@@ -225,7 +225,7 @@ async function buildDataDir(dir: string, keys: number, logKeys: number) {
 }
 
 /** Spawn `kvnode -leader -data-dir dir`; ms from spawn to its ready line; keys it holds; then stop it. */
-async function timeStart(dir: string, discoveryPort: number, cluster: string): Promise<{ ready_ms: number; keys: number; exit: number }> {
+async function timeStart(dir: string, discoveryPort: number, cluster: string): Promise<{ ready_ms: number; keys: number; rss_bytes: number; exit: number }> {
   const t0 = performance.now();
   const proc = Bun.spawn(
     [process.execPath, mainScript, "-leader", "-port", "0", "-api", "0", "-host", "127.0.0.1", "-discovery-port", String(discoveryPort), "-cluster", cluster, "-heartbeat-ms", "1000", "-data-dir", dir],
@@ -254,10 +254,10 @@ async function timeStart(dir: string, discoveryPort: number, cluster: string): P
         while (!(await reader.read()).done);
       } catch {}
     })();
-    const health = (await (await fetch(`${api}/health`, { signal: AbortSignal.timeout(10_000) })).json()) as { keys: number };
+    const { memory } = (await (await fetch(`${api}/cluster`, { signal: AbortSignal.timeout(10_000) })).json()) as { memory: { keys: number; rss_bytes: number } };
     proc.kill("SIGTERM");
     const exit = await Promise.race([proc.exited, Bun.sleep(30_000).then(() => -1)]);
-    return { ready_ms: Math.round(readyMs), keys: health.keys, exit };
+    return { ready_ms: Math.round(readyMs), keys: memory.keys, rss_bytes: memory.rss_bytes, exit };
   } finally {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
     await proc.exited;
@@ -283,13 +283,14 @@ async function recovery(quick: boolean) {
     const full = await timeStart(dir, discoveryPort, cluster);
     if (full.keys !== keys) throw new Error(`recovered node holds ${full.keys} keys, expected ${keys}`);
 
-    // In-process: readSnapshot alone, then the whole recover() into a Store.
+    // In-process: loading the snapshot alone, then the whole recover() into a Store.
     const fmax = frameBytesMax(1024, 1 << 20);
     const tr = performance.now();
-    const snap = readSnapshot(join(dir, snapName(built.history, built.snapshot_keys)), fmax);
+    const loaded = new Store();
+    const snap = loadSnapshot(join(dir, snapName(built.history, built.snapshot_keys)), fmax, loaded);
     const readSnapMs = performance.now() - tr;
-    const snapEntries = snap.entries.length;
-    snap.entries.length = 0;
+    const snapEntries = snap.keys;
+    loaded.replaceAll([]);
     Bun.gc(true);
     const store = new Store();
     const t1 = performance.now();
@@ -314,16 +315,18 @@ async function recovery(quick: boolean) {
       in_process_read_snapshot_s: Math.round(readSnapMs) / 1000,
       replayed: r.replayed,
       snapshot_entries_read: snapEntries,
+      rss_mib_when_ready: Math.round(full.rss_bytes / 2 ** 20),
+      empty_rss_mib_when_ready: Math.round(empty.rss_bytes / 2 ** 20),
       exit_codes: [empty.exit, full.exit],
     };
     console.log(`\n(b) recovery of ${keys.toLocaleString("en-US")} keys (snapshot ${result.snapshot_mb} MB of ${built.snapshot_keys.toLocaleString("en-US")} keys + log ${result.log_mb} MB of ${logKeys.toLocaleString("en-US")} Puts; built in ${fmt(buildS)} s)`);
     printTable(
-      ["what", "seconds", "vs empty-dir start"],
+      ["what", "seconds", "vs empty-dir start", "RSS when ready MiB"],
       [
-        ["kvnode -leader, spawn to ready (empty dir, baseline)", fmt(result.empty_start_to_ready_s, 3), "1.00x"],
-        [`kvnode -leader, spawn to ready (${keys.toLocaleString("en-US")} keys)`, fmt(result.start_to_ready_s, 3), fmtRatio(result.vs_empty_start)],
-        ["in-process recover() into a Store", fmt(result.in_process_recover_s, 3), ""],
-        ["  of which readSnapshot() alone", fmt(result.in_process_read_snapshot_s, 3), ""],
+        ["kvnode -leader, spawn to ready (empty dir, baseline)", fmt(result.empty_start_to_ready_s, 3), "1.00x", String(result.empty_rss_mib_when_ready)],
+        [`kvnode -leader, spawn to ready (${keys.toLocaleString("en-US")} keys)`, fmt(result.start_to_ready_s, 3), fmtRatio(result.vs_empty_start), String(result.rss_mib_when_ready)],
+        ["in-process recover() into a Store", fmt(result.in_process_recover_s, 3), "", ""],
+        ["  of which loadSnapshot() alone", fmt(result.in_process_read_snapshot_s, 3), "", ""],
       ],
     );
     console.log(`net recovery ${fmt(result.recovery_s_net, 3)} s = ${result.keys_per_s.toLocaleString("en-US")} keys/s`);

@@ -48,9 +48,11 @@ function validRecordAfter(bytes: Uint8Array, from: number, frameBytesMax: number
  * Read every record in `bytes`. A bad record (cut short, a length beyond the file or the limit,
  * a checksum mismatch) is a torn tail only when no valid record starts anywhere after it: that
  * is what a crash leaves. Otherwise it is corruption, even when its damaged length field makes it
- * look like the tail, so recovery never cuts good records off. Never throws.
+ * look like the tail, so recovery never cuts good records off. Never throws (unless `onFrame`
+ * does). With `onFrame`, each frame goes to it as it is read instead of into `frames` (a
+ * snapshot's entries are then not all held at once).
  */
-export function scanRecords(bytes: Uint8Array, frameBytesMax: number): Scan {
+export function scanRecords(bytes: Uint8Array, frameBytesMax: number, onFrame?: (f: Frame) => void): Scan {
   const frames: Frame[] = [];
   let off = 0;
   while (off < bytes.length) {
@@ -68,7 +70,8 @@ export function scanRecords(bytes: Uint8Array, frameBytesMax: number): Scan {
     if (crc32(bytes, off + 4, end) !== sum) return bad("checksum mismatch");
     const d = decodeFrame(bytes, off + 4, frameBytesMax);
     if (!d.ok) return { frames, validBytes: off, end: { kind: "corrupt", offset: off, why: `checksum matches but the frame does not decode: ${d.reason}` } };
-    frames.push(d.frame);
+    if (onFrame) onFrame(d.frame);
+    else frames.push(d.frame);
     off = end;
   }
   return { frames, validBytes: off, end: { kind: "clean" } };

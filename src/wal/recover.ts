@@ -11,7 +11,7 @@ import { type Frame, FrameType, encodeFrame } from "../protocol/frame.ts";
 import type { Store } from "../store/store.ts";
 import { type Identity, ensureDir, listFiles, lockDir, readIdentity, removeFile, walName, writeIdentity } from "./files.ts";
 import { scanRecords } from "./record.ts";
-import { readSnapshot } from "./snapshot.ts";
+import { loadSnapshot } from "./snapshot.ts";
 
 export class RecoveryError extends Error {
   override name = "RecoveryError";
@@ -72,11 +72,10 @@ export function recover(store: Store, o: RecoveryOptions): Recovered {
   if (newest) {
     let s;
     try {
-      s = readSnapshot(join(o.dir, newest.name), o.frameBytesMax);
+      s = loadSnapshot(join(o.dir, newest.name), o.frameBytesMax, store);
     } catch (e) {
       throw new RecoveryError((e as Error).message);
     }
-    store.replaceAll(s.entries);
     seq = snapshotSeq = s.seq;
     term = snapshotTerm = s.term;
     for (const old of snaps.slice(0, -1)) removeFile(o.dir, old.name);

@@ -10,9 +10,12 @@ import { join } from "node:path";
 import { limits } from "../lib/limits.ts";
 import { utf8Length } from "../lib/utf8.ts";
 import { type Frame, FrameType, type SnapshotEntry, encodeFrame } from "../protocol/frame.ts";
-import type { Snapshot } from "../store/store.ts";
+import type { Snapshot, Store } from "../store/store.ts";
 import { fsyncDir, snapName } from "./files.ts";
 import { encodeRecord, scanRecords } from "./record.ts";
+
+/** Bytes a snapshot is read by, at a time. */
+const SNAPSHOT_READ_BYTES = 4 << 20;
 
 export interface SnapshotMeta {
   group: number;
@@ -61,34 +64,54 @@ export async function writeSnapshot(dir: string, meta: SnapshotMeta, entries: Sn
   return { name, bytes: total };
 }
 
-export interface LoadedSnapshot extends SnapshotMeta {
-  entries: [string, string, number][];
-}
-
-/** Read a whole snapshot; throws naming the file and offset when it is not whole and valid. */
-export function readSnapshot(path: string, frameBytesMax: number): LoadedSnapshot {
+/**
+ * Read a whole snapshot into `store` (its content is replaced): entries go into a store staged
+ * beside it as each chunk record is read, and the store takes the staged content over at the end.
+ * Throws naming the file, and the offset when it is damaged, if it is not whole and valid; the
+ * store is then unchanged.
+ */
+export function loadSnapshot(path: string, frameBytesMax: number, store: Store): SnapshotMeta & { keys: number } {
+  const staged = store.emptyLike();
+  let begin: (Frame & { type: typeof FrameType.SnapshotBegin }) | null = null;
+  let end: Frame | null = null;
+  let wrong: string | null = null;
+  const onFrame = (f: Frame) => {
+    if (wrong !== null) return;
+    if (begin === null) {
+      if (f.type === FrameType.SnapshotBegin) begin = f;
+      else wrong = `starts with a frame of type ${f.type}`;
+    } else if (end !== null) wrong = "has frames after its end";
+    else if (f.type === FrameType.SnapshotEnd) end = f;
+    else if (f.type === FrameType.SnapshotChunk) for (const e of f.entries) staged.set(e.key, e.value, e.version);
+    else wrong = `holds a frame of type ${f.type}`;
+  };
+  // Read a few MiB at a time (not the whole file: a million keys are ~110 MB of it), carrying a
+  // record cut at the end of a read over to the next.
   const fd = openSync(path, "r");
-  let bytes: Buffer;
   try {
     const size = fstatSync(fd).size;
-    bytes = Buffer.allocUnsafe(size);
-    let off = 0;
-    while (off < size) off += readSync(fd, bytes, off, size - off, off);
+    let carry: Buffer = Buffer.alloc(0);
+    for (let pos = 0; pos < size || carry.length > 0; ) {
+      const n = Math.min(SNAPSHOT_READ_BYTES, size - pos);
+      const piece = Buffer.allocUnsafe(carry.length + n);
+      carry.copy(piece, 0);
+      for (let got = 0; got < n; ) got += readSync(fd, piece, carry.length + got, n - got, pos + got);
+      const at = pos - carry.length; // file offset of piece[0]
+      pos += n;
+      const scan = scanRecords(piece, frameBytesMax, onFrame);
+      if (scan.end.kind === "clean") carry = Buffer.alloc(0);
+      else if (scan.end.kind === "torn" && pos < size) carry = piece.subarray(scan.validBytes); // the rest comes with the next read
+      else throw new Error(`snapshot ${path} is damaged at offset ${at + scan.end.offset}: ${scan.end.why}`);
+      if (wrong !== null) throw new Error(`snapshot ${path} ${wrong}`);
+    }
   } finally {
     closeSync(fd);
   }
-  const scan = scanRecords(bytes, frameBytesMax);
-  if (scan.end.kind !== "clean") throw new Error(`snapshot ${path} is damaged at offset ${scan.end.offset}: ${scan.end.why}`);
-  const frames: Frame[] = scan.frames;
-  const begin = frames[0];
-  const end = frames[frames.length - 1];
-  if (!begin || begin.type !== FrameType.SnapshotBegin || !end || end.type !== FrameType.SnapshotEnd || end.seq !== begin.seq)
-    throw new Error(`snapshot ${path} is incomplete`);
-  const entries: [string, string, number][] = [];
-  for (let i = 1; i < frames.length - 1; i++) {
-    const f = frames[i]!;
-    if (f.type !== FrameType.SnapshotChunk) throw new Error(`snapshot ${path}: unexpected frame type ${f.type}`);
-    for (const e of f.entries) entries.push([e.key, e.value, e.version]);
-  }
-  return { group: begin.group, term: begin.term, seq: begin.seq, historyId: begin.historyId, entries };
+  const b = begin as (Frame & { type: typeof FrameType.SnapshotBegin }) | null;
+  const e = end as Frame | null;
+  if (!b || !e || e.seq !== b.seq) throw new Error(`snapshot ${path} is incomplete`);
+  // A key listed twice would leave fewer keys than the snapshot says it holds.
+  if (staged.size !== b.count) throw new Error(`snapshot ${path} says it holds ${b.count} keys, its entries make ${staged.size}`);
+  store.adopt(staged);
+  return { group: b.group, term: b.term, seq: b.seq, historyId: b.historyId, keys: b.count };
 }

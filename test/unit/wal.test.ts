@@ -493,6 +493,58 @@ describe("recover", () => {
     expect(() => recover(new Store(), recoverOpts(dir))).toThrow(p);
   });
 
+  test("a snapshot larger than one read (4 MiB) loads whole; damage past the first read is found at its offset", async () => {
+    const dir = dataDir();
+    const value = "s".repeat(1000);
+    const entries: [string, Entry][] = Array.from({ length: 10_000 }, (_, i) => [`big${i}`, { value, version: i + 1 }]);
+    const { name } = await writeSnapshot(dir, { group: 0, term: 1, seq: 10_000, historyId: H }, entries);
+    const p = join(dir, name);
+    const bytes = readFileSync(p);
+    expect(bytes.length).toBeGreaterThan(2.2 * (4 << 20)); // three reads, records cut at both seams
+    const store = new Store();
+    const r = recover(store, recoverOpts(dir));
+    expect(r.seq).toBe(10_000);
+    expect(store.size).toBe(10_000);
+    for (let i = 0; i < 10_000; i += 333) expect(store.get(`big${i}`)).toEqual({ value, version: i + 1 });
+    // A flipped bit in the third read: the error names the record's offset in the file, past 8 MiB.
+    writeFileSync(p, flipBit(bytes, 8 * 9_000_000));
+    const err = String(recoveryError(dir));
+    const offset = Number(/offset (\d+)/.exec(err)?.[1]);
+    expect(offset).toBeGreaterThan(8 << 20);
+    expect(offset).toBeLessThanOrEqual(9_000_000);
+  });
+
+  test("a snapshot whose records are valid but whose content is not is refused, and the store is left as it was", () => {
+    const h = { group: 0, term: 1, seq: 4 };
+    const begin = (count: number): Frame => ({ type: FrameType.SnapshotBegin, ...h, historyId: H, count });
+    const chunk = (...keys: string[]): Frame => ({ type: FrameType.SnapshotChunk, ...h, entries: keys.map((key, i) => ({ key, value: "v", version: i + 1 })) });
+    const end: Frame = { type: FrameType.SnapshotEnd, ...h };
+    const cases: [string, Frame[], RegExp][] = [
+      ["a key listed twice", [begin(2), chunk("a", "a"), end], /says it holds 2 keys, its entries make 1/],
+      ["more keys than it says", [begin(1), chunk("a", "b"), end], /says it holds 1 keys/],
+      ["no end", [begin(1), chunk("a")], /incomplete/],
+      ["no begin", [chunk("a"), end], /starts with a frame of type/],
+      ["frames after its end", [begin(1), chunk("a"), end, chunk("b")], /frames after its end/],
+      ["a log entry inside", [begin(1), chunk("a"), { type: FrameType.Put, ...h, key: "x", value: "y" }, end], /holds a frame of type/],
+    ];
+    for (const [what, list, why] of cases) {
+      const dir = dataDir();
+      writeFileSync(join(dir, snapName(H, 4)), Buffer.concat(list.map(rec)));
+      const store = new Store();
+      store.set("before", "kept", 1);
+      let err: unknown = null;
+      try {
+        recover(store, recoverOpts(dir));
+      } catch (e) {
+        err = e;
+      }
+      expect({ what, err: String(err) }).toMatchObject({ what, err: expect.stringMatching(why) });
+      expect(err).toBeInstanceOf(RecoveryError);
+      expect(store.size).toBe(1);
+      expect(store.get("before")?.value).toBe("kept");
+    }
+  });
+
   test("files of another history are removed; this history's are replayed", async () => {
     const dir = dataDir();
     writeFileSync(join(dir, walName(H, 1)), log);
