@@ -96,24 +96,25 @@ export function recover(store: Store, o: RecoveryOptions): Recovered {
       continue;
     }
     const bytes = readFileSync(path);
-    const scan = scanRecords(bytes, o.frameBytesMax);
-    if (scan.end.kind === "corrupt") throw new RecoveryError(`log ${path} is corrupt at offset ${scan.end.offset}: ${scan.end.why}`);
-    if (scan.end.kind === "torn") {
-      if (!last) throw new RecoveryError(`log ${path} is cut short at offset ${scan.end.offset} (${scan.end.why}) but is not the last segment`);
-      truncateSync(path, scan.validBytes);
-      tornBytes = scan.end.bytes;
-      o.log.warn("cut a torn tail off the log", { file: path, offset: scan.end.offset, bytes: scan.end.bytes, why: scan.end.why });
-    }
-    for (const f of scan.frames) {
+    // Entries are applied as they are read (no array of a whole segment's frames). A segment found
+    // corrupt further on still stops the start-up, with the store half-filled but never served.
+    const scan = scanRecords(bytes, o.frameBytesMax, (f) => {
       if (f.type !== FrameType.Put && f.type !== FrameType.Delete)
         throw new RecoveryError(`log ${path} holds a frame of type ${f.type} at sequence ${f.seq}`);
-      if (f.seq <= seq) continue;
+      if (f.seq <= seq) return;
       if (f.seq !== seq + 1) throw new RecoveryError(`log ${path} jumps from sequence ${seq} to ${f.seq}: entries are missing`);
       apply(store, f);
       seq = f.seq;
       term = f.term;
       replayed++;
       o.onEntry?.(f.seq, f.term, encodeFrame(f));
+    });
+    if (scan.end.kind === "corrupt") throw new RecoveryError(`log ${path} is corrupt at offset ${scan.end.offset}: ${scan.end.why}`);
+    if (scan.end.kind === "torn") {
+      if (!last) throw new RecoveryError(`log ${path} is cut short at offset ${scan.end.offset} (${scan.end.why}) but is not the last segment`);
+      truncateSync(path, scan.validBytes);
+      tornBytes = scan.end.bytes;
+      o.log.warn("cut a torn tail off the log", { file: path, offset: scan.end.offset, bytes: scan.end.bytes, why: scan.end.why });
     }
     if (last) current = { path, bytes: scan.validBytes };
     else olderWalBytes += scan.validBytes;
