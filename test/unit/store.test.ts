@@ -35,6 +35,14 @@ function state(s: Store, keys: Iterable<string>) {
   return { size: s.size, tombstones: s.tombstoneCount, snap, versions, keys: [...s.keys()].sort() };
 }
 
+/** Apply a set or delete at version `v` to a store and to a Map model; the store must report what the model does. */
+function applyToBoth(s: Store, model: Map<string, { value: string; version: number }>, kind: string, key: string, value: string, v: number): void {
+  if (kind === "set") {
+    expect(s.set(key, value, v)).toBe(true);
+    model.set(key, { value, version: v });
+  } else expect(s.delete(key, v)).toBe(model.delete(key));
+}
+
 const ALL_KEYS = ["a", "b", "c", "d", "", "\0", "😀", "a|b", "never"];
 
 describe("Store", () => {
@@ -405,15 +413,7 @@ describe("Store hash table", () => {
           const s = new Store({ hash, capacity: 16, migrateStep });
           const model = new Map<string, { value: string; version: number }>();
           let v = 0;
-          for (const [kind, key, value] of list) {
-            v++;
-            if (kind === "set") {
-              expect(s.set(key, value, v)).toBe(true);
-              model.set(key, { value, version: v });
-            } else {
-              expect(s.delete(key, v)).toBe(model.delete(key));
-            }
-          }
+          for (const [kind, key, value] of list) applyToBoth(s, model, kind, key, value, ++v);
           expect(s.size).toBe(model.size);
           expect(s.capacity * 0.7).toBeGreaterThanOrEqual(s.size);
           for (let n = 0; n <= 41; n++) expect(entryOf(s.get(`k${n}`))).toEqual(model.get(`k${n}`));
@@ -525,11 +525,7 @@ describe("Store arena (keys and values as bytes off the JS heap)", () => {
         const model = new Map<string, { value: string; version: number }>();
         let v = 0;
         for (const [kind, key, value] of list) {
-          v++;
-          if (kind === "set") {
-            expect(s.set(key, value, v)).toBe(true);
-            model.set(key, { value, version: v });
-          } else expect(s.delete(key, v)).toBe(model.delete(key));
+          applyToBoth(s, model, kind, key, value, ++v);
           const { held, live } = s.arenaBytes;
           // Buffers other than the newest are at least half live: the arena holds at most ~2.7x its live bytes.
           expect(held).toBeLessThanOrEqual(3 * live + MiB);
