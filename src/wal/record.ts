@@ -45,6 +45,19 @@ function validRecordAfter(bytes: Uint8Array, from: number, frameBytesMax: number
 }
 
 /**
+ * True when the bytes from `off` are the start of a record that runs past the end of `bytes`
+ * (a header cut short, or a declared length within the limit that ends beyond them): more bytes
+ * could make it whole. A reader taking a file in pieces carries such a record over to the next
+ * piece, whatever `scanRecords` guessed from what follows it in this one.
+ */
+export function recordRunsPastEnd(bytes: Uint8Array, off: number, frameBytesMax: number): boolean {
+  const rest = bytes.length - off;
+  if (rest < 8) return true;
+  const len = ((bytes[off + 4]! << 24) | (bytes[off + 5]! << 16) | (bytes[off + 6]! << 8) | bytes[off + 7]!) >>> 0;
+  return len <= frameBytesMax && off + 8 + len > bytes.length;
+}
+
+/**
  * Read every record in `bytes`. A bad record (cut short, a length beyond the file or the limit,
  * a checksum mismatch) is a torn tail only when no valid record starts anywhere after it: that
  * is what a crash leaves. Otherwise it is corruption, even when its damaged length field makes it

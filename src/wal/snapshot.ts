@@ -12,7 +12,7 @@ import { utf8Length } from "../lib/utf8.ts";
 import { type Frame, FrameType, type SnapshotEntry, encodeFrame } from "../protocol/frame.ts";
 import type { Snapshot, Store } from "../store/store.ts";
 import { fsyncDir, snapName } from "./files.ts";
-import { encodeRecord, scanRecords } from "./record.ts";
+import { encodeRecord, recordRunsPastEnd, scanRecords } from "./record.ts";
 
 /** Bytes a snapshot is read by, at a time. */
 const SNAPSHOT_READ_BYTES = 4 << 20;
@@ -99,8 +99,10 @@ export function loadSnapshot(path: string, frameBytesMax: number, store: Store):
       const at = pos - carry.length; // file offset of piece[0]
       pos += n;
       const scan = scanRecords(piece, frameBytesMax, onFrame);
+      // A record cut by the end of this read is carried over, even when scanRecords calls it
+      // corrupt: it looks past the cut for valid records, and a value may hold bytes that are one.
       if (scan.end.kind === "clean") carry = Buffer.alloc(0);
-      else if (scan.end.kind === "torn" && pos < size) carry = piece.subarray(scan.validBytes); // the rest comes with the next read
+      else if (pos < size && recordRunsPastEnd(piece, scan.validBytes, frameBytesMax)) carry = piece.subarray(scan.validBytes);
       else throw new Error(`snapshot ${path} is damaged at offset ${at + scan.end.offset}: ${scan.end.why}`);
       if (wrong !== null) throw new Error(`snapshot ${path} ${wrong}`);
     }

@@ -514,6 +514,24 @@ describe("recover", () => {
     expect(offset).toBeLessThanOrEqual(9_000_000);
   });
 
+  test("a record cut at a read seam is carried over even when its values hold whole valid records", async () => {
+    // A Ping record whose bytes are all ASCII, so a value can hold it byte for byte.
+    let inner: Buffer | null = null;
+    for (let seq = 1; inner === null; seq++) {
+      const r = encodeRecord(encodeFrame({ type: FrameType.Ping, group: 0, term: 1, seq }));
+      if (r.every((b) => b < 0x80)) inner = r;
+    }
+    const value = inner.toString("latin1").repeat(Math.floor(60_000 / inner.length));
+    // ~9 MiB of chunk records: both 4 MiB seams cut a record whose values are full of Pings.
+    const entries: [string, Entry][] = Array.from({ length: 150 }, (_, i) => [`k${i}`, { value, version: i + 1 }]);
+    const dir = dataDir();
+    await writeSnapshot(dir, { group: 0, term: 1, seq: 150, historyId: H }, entries);
+    const store = new Store();
+    expect(recover(store, recoverOpts(dir)).seq).toBe(150);
+    expect(store.size).toBe(150);
+    expect(store.get("k149")).toEqual({ value, version: 150 });
+  });
+
   test("a snapshot whose records are valid but whose content is not is refused, and the store is left as it was", () => {
     const h = { group: 0, term: 1, seq: 4 };
     const begin = (count: number): Frame => ({ type: FrameType.SnapshotBegin, ...h, historyId: H, count });
