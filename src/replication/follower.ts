@@ -30,7 +30,7 @@ export class Follower {
   term = 0;
   private welcomed = false;
   /** A full transfer in progress, staged in a store of its own (as bytes) until its end. */
-  private staging: { seq: number; historyId: string; store: Store } | null = null;
+  private staging: { seq: number; historyId: string; count: number; store: Store } | null = null;
   readonly stats: FollowerStats = { fullTransfers: 0, tailCatchUps: 0, applied: 0 };
 
   constructor(
@@ -97,7 +97,7 @@ export class Follower {
         return undefined;
       case FrameType.SnapshotBegin:
         if (!this.welcomed) return "snapshot before welcome";
-        this.staging = { seq: f.seq, historyId: f.historyId, store: this.store.emptyLike() };
+        this.staging = { seq: f.seq, historyId: f.historyId, count: f.count, store: this.store.emptyLike() };
         return undefined;
       case FrameType.SnapshotChunk:
         if (!this.staging || f.seq !== this.staging.seq) return "snapshot chunk outside a snapshot";
@@ -109,6 +109,7 @@ export class Follower {
       case FrameType.SnapshotEnd: {
         const s = this.staging;
         if (!s || f.seq !== s.seq) return "snapshot end outside a snapshot";
+        if (s.store.size !== s.count) return `snapshot said it holds ${s.count} keys, it sent ${s.store.size}`;
         this.store.adopt(s.store);
         this.applied = s.seq;
         this.term = f.term;

@@ -610,6 +610,19 @@ describe("Follower", () => {
     expect(content(store)).toEqual([["a", "2", 6]]);
   });
 
+  test("refuses a full transfer that sends fewer or more keys than its begin said, keeping its own state", () => {
+    for (const count of [1, 3]) {
+      const { f, store } = fresh();
+      store.set("old", "x", 1);
+      f.onFrame(welcome(WelcomeMode.Snapshot, 20));
+      f.onFrame({ type: FrameType.SnapshotBegin, ...h(20), historyId: HISTORY_ID, count });
+      f.onFrame({ type: FrameType.SnapshotChunk, ...h(20), entries: [{ key: "a", value: "1", version: 5 }, { key: "b", value: "2", version: 6 }] });
+      expect(f.onFrame({ type: FrameType.SnapshotEnd, ...h(20) })).toBe(`snapshot said it holds ${count} keys, it sent 2`);
+      expect(content(store)).toEqual([["old", "x", 1]]);
+      expect(f.applied).toBe(0);
+    }
+  });
+
   test("refuses frames of another group and reports a leader's error", () => {
     const { f } = fresh();
     expect(f.onFrame({ type: FrameType.Ping, group: GROUP + 1, term: 1, seq: 0 })).toMatch(/group/);
