@@ -17,7 +17,8 @@
  *   offset] triples; deletes close their gap by backward shift, so there are no index tombstones).
  *   Growing it copies integers and rehashes nothing.
  * - An overwrite that fits the entry's room (its bytes rounded up to 8) is written in place; a larger
- *   one is appended and the old entry becomes garbage. A buffer that is less than half live is
+ *   one, or one that would leave more than half of a room over 512 bytes empty, is appended and the
+ *   old entry becomes garbage. A buffer that is less than half live is
  *   compacted: its live entries are copied to the head buffer and it is dropped (at most as many
  *   bytes copied as freed, ~1 MiB at a time).
  * - Reads decode the value into a fresh string (~60 ns for 100 bytes).
@@ -42,6 +43,8 @@ export interface Snapshot extends Iterable<[string, Entry]> {
 const CHUNK_BYTES = 1 << 20;
 /** An entry larger than this gets a buffer of its own. */
 const LARGE_BYTES = CHUNK_BYTES >>> 2;
+/** An overwrite stays in place while the room it leaves empty is at most its size or this. */
+const SHRINK_SLACK_BYTES = 256;
 /** Entry header: hash i32, room u32, version f64, key length u32, value length u32 (little-endian). */
 const HEADER = 24;
 /** Header fields as indexes from the entry's first word: 32-bit words (hash 0, room 1, key 4, value 5), 64-bit (version 1). */
@@ -290,13 +293,17 @@ export class Store {
       const keyField = c.u32[(at >>> 2) + W_KEY]!;
       const keyBytes = bytesOf(keyField);
       const valueField = lengthField(value);
-      if (keyBytes + bytesOf(valueField) <= c.u32[(at >>> 2) + W_ROOM]!) {
+      const need = keyBytes + bytesOf(valueField);
+      const room = c.u32[(at >>> 2) + W_ROOM]!;
+      // In place when it fits and does not leave most of a large room empty (a 1 MiB value
+      // overwritten by a short one moves, so its room is given back).
+      if (need <= room && room - need <= Math.max(need, SHRINK_SLACK_BYTES)) {
         writeString(c.buf, at + HEADER + keyBytes, value, valueField);
         c.u32[(at >>> 2) + W_VALUE] = valueField;
         c.f64[(at >>> 3) + D_VERSION] = version;
         return true;
       }
-      // Too large for its room: the old entry becomes garbage and the write is appended anew.
+      // Too large for its room (or far too small): the old entry becomes garbage and the write is appended anew.
       // Meanwhile the table points nowhere (MOVING keeps probes going), so that compaction, of the
       // old buffer or of the old head, does not copy the old entry.
       t[3 * p + 1] = MOVING;

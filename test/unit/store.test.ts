@@ -578,6 +578,23 @@ describe("Store arena (keys and values as bytes off the JS heap)", () => {
     expect(entryOf(s.get("a"))).toEqual({ value: "é", version: 4 });
   });
 
+  test("an overwrite far smaller than its room moves, giving the room back; a little smaller stays", () => {
+    const s = new Store();
+    s.set("m", "m".repeat(300), 1); // room 304, in the head buffer
+    s.set("big", "b".repeat(600_000), 2); // a buffer of its own
+    const before = s.arenaBytes;
+    expect(before.held).toBeGreaterThanOrEqual(600_000);
+    s.set("big", "b".repeat(400_000), 3); // 200 kB empty, less than what it holds: in place
+    expect(s.arenaBytes).toEqual(before);
+    s.set("big", "small", 4); // moves to the head; its own buffer is dropped
+    expect(s.arenaBytes.live).toBe(24 + 304 + 24 + 8);
+    expect(s.arenaBytes.held).toBe(before.held - (24 + 600_008));
+    expect(entryOf(s.get("big"))).toEqual({ value: "small", version: 4 });
+    s.set("m", "m".repeat(100), 5); // 200 empty: under 256, in place
+    expect(s.arenaBytes.live).toBe(24 + 304 + 24 + 8);
+    expect(entryOf(s.get("m"))).toEqual({ value: "m".repeat(100), version: 5 });
+  });
+
   test("a value that outgrows its room while its buffer is compacted (the head filling up) is written once, at its new place", () => {
     const s = new Store({ seed: 4 });
     const value = "v".repeat(1000);
