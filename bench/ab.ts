@@ -14,7 +14,7 @@
  * each; in memory, or with a data dir and that -fsync mode with --fsync), and a bare Bun.serve. Each round, for A then B (B then A in odd rounds), it runs 3 s
  * of POSTs on the bare server and then --seconds of POST /set of new keys on the group's leader
  * (wrk, 64 connections), and reads the CPU time (user + system, all threads) and minor page faults
- * of every node from /proc. Prints per round: req/s, the ratio to the bare run just before, the
+ * of every node, and the bare server's CPU time, from /proc. Prints per round: req/s, the ratio to the bare run just before, the
  * leader's and followers' CPU µs per write and faults per request; then the means. Linux only.
  */
 import { readFileSync } from "node:fs";
@@ -84,13 +84,21 @@ try {
     }
     groups[name] = { leader, nodes };
   }
-  const sums = { A: { us: [] as number[], ratio: [] as number[], faults: [] as number[] }, B: { us: [] as number[], ratio: [] as number[], faults: [] as number[] } };
+  const sums = {
+    A: { us: [] as number[], ratio: [] as number[], faults: [] as number[], bare: [] as number[] },
+    B: { us: [] as number[], ratio: [] as number[], faults: [] as number[], bare: [] as number[] },
+  };
   for (let r = 0; r < rounds; r++) {
     for (const name of r % 2 ? (["B", "A"] as const) : (["A", "B"] as const)) {
       const { leader, nodes } = groups[name];
+      const bareCpu0 = cpuUs(bare.pid);
+      const bareFlt0 = minorFaults(bare.pid);
       const b = getKeys
         ? await load({ url: `${bare.url}/get?key=k`, connections: 64, durationS: 3 })
         : await load({ url: `${bare.url}/set`, method: "POST", body: JSON.stringify({ key: "k", value: "x".repeat(100) }), connections: 64, durationS: 3 });
+      const bareUs = (cpuUs(bare.pid) - bareCpu0) / b.requests;
+      const bareFaults = (minorFaults(bare.pid) - bareFlt0) / b.requests;
+      sums[name].bare.push(bareUs);
       const pids = nodes.map((n) => n.proc.pid);
       const cpu0 = pids.map(cpuUs);
       const flt0 = pids.map(minorFaults);
@@ -110,13 +118,13 @@ try {
       sums[name].ratio.push(x.rps / b.rps);
       sums[name].faults.push(faults[0]!);
       console.log(
-        `${name} round ${r}: bare ${Math.round(b.rps)} req/s, kvnode ${Math.round(x.rps)} req/s (${(x.rps / b.rps).toFixed(2)}x), p99 ${x.p99_ms} ms; ` +
+        `${name} round ${r}: bare ${Math.round(b.rps)} req/s (${bareUs.toFixed(1)} µs CPU, ${bareFaults.toFixed(3)} faults each), kvnode ${Math.round(x.rps)} req/s (${(x.rps / b.rps).toFixed(2)}x), p99 ${x.p99_ms} ms; ` +
           `CPU µs per request (leader, followers) ${us.map((v) => v.toFixed(1)).join(" ")}; faults per request ${faults.map((v) => v.toFixed(3)).join(" ")}`,
       );
     }
   }
   for (const name of ["A", "B"] as const)
-    console.log(`${name}: leader CPU ${mean(sums[name].us).toFixed(2)} µs per request, ${mean(sums[name].ratio).toFixed(3)}x of bare, ${mean(sums[name].faults).toFixed(3)} faults per request`);
+    console.log(`${name}: leader CPU ${mean(sums[name].us).toFixed(2)} µs per request (bare server ${mean(sums[name].bare).toFixed(2)}), ${mean(sums[name].ratio).toFixed(3)}x of bare, ${mean(sums[name].faults).toFixed(3)} faults per request`);
 } finally {
   for (const c of clusters) await c[Symbol.asyncDispose]();
   await bare.stop();
