@@ -8,7 +8,7 @@ import { type Member, Membership } from "../discovery/membership.ts";
 import { Discovery } from "../discovery/udp.ts";
 import { frameBytesMax, limits } from "../lib/limits.ts";
 import type { Logger } from "../lib/log.ts";
-import { FrameType, encodeFrame } from "../protocol/frame.ts";
+import { type Frame, FrameType, type PutBytes } from "../protocol/frame.ts";
 import { Follower } from "../replication/follower.ts";
 import { type FollowerLink, Leader } from "../replication/leader.ts";
 import type { Outbox } from "../replication/outbox.ts";
@@ -103,7 +103,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         nodeId,
         durability
           ? {
-              onEntry: (seq, f) => durability.append(seq, encodeFrame(f)),
+              onEntry: (seq, frame) => durability.append(seq, frame),
               onHistory: (h, seq, t, kind) => durability.adoptHistory(h, seq, t, store, kind),
             }
           : {},
@@ -219,11 +219,13 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     linkTarget = target;
     const address = `${target.host}:${target.clusterPort}`;
     log.debug("connecting to leader", { leader: target.nodeId, address });
-    link = connectReplication(
+    link = connectReplication<Frame | PutBytes>(
       target.host,
       target.clusterPort,
       frameMax,
       {
+        // Entries are stored from the received bytes, without strings of their keys and values.
+        putsAsBytes: true,
         onOpen(out) {
           linkOut = out;
           out.send(follower.hello());

@@ -114,6 +114,14 @@ export class Reader {
     this.pos += n;
     return s;
   }
+  /** Step over a u32-length-prefixed string; returns where its bytes start (its length is read at that - 4). */
+  skip32(): number {
+    const n = this.u32();
+    this.need(n);
+    const at = this.pos;
+    this.pos += n;
+    return at;
+  }
   str8(): string {
     return this.text(this.u8());
   }

@@ -71,6 +71,30 @@ export type Frame =
   /** group: the group of the node that served it; body: the API's JSON answer. */
   | (Header & { type: typeof FrameType.Response; status: number; nodeId: string; body: string });
 
+/**
+ * Not a frame type on the wire: a Put frame left as its bytes, as `FrameReader.push(chunk, true)`
+ * hands it over. A follower copies the key and value into its store as they are, without making
+ * strings of them. `buf` is the received chunk: valid only until the handler returns.
+ */
+export interface PutBytes extends Header {
+  type: "put-bytes";
+  buf: Buffer;
+  /** The whole frame is buf[start, end). */
+  start: number;
+  end: number;
+  /** The key's and the value's UTF-8 bytes. */
+  keyAt: number;
+  keyBytes: number;
+  valueAt: number;
+  valueBytes: number;
+}
+
+/** The Put frame a PutBytes stands for, with its key and value as strings. */
+export function putFrameOf(p: PutBytes): Frame {
+  const b = p.buf as Buffer & { utf8Slice(start: number, end: number): string };
+  return { type: FrameType.Put, group: p.group, term: p.term, seq: p.seq, key: b.utf8Slice(p.keyAt, p.keyAt + p.keyBytes), value: b.utf8Slice(p.valueAt, p.valueAt + p.valueBytes) };
+}
+
 export type DecodeFailure = "need-more" | "too-large" | "too-small" | "bad-version" | "bad-type" | "malformed";
 export type Decoded = { ok: true; frame: Frame; next: number } | { ok: false; reason: DecodeFailure };
 
@@ -158,19 +182,42 @@ export function encodeFrame(f: Frame): Buffer {
   return finish(w);
 }
 
+/** Where the frame starting at `offset` ends, once it is all in `buf`; else why not. */
+function frameEnd(buf: Uint8Array, offset: number, frameBytesMax: number): number | DecodeFailure {
+  if (buf.length - offset < 4) return "need-more";
+  const len = ((buf[offset]! << 24) | (buf[offset + 1]! << 16) | (buf[offset + 2]! << 8) | buf[offset + 3]!) >>> 0;
+  if (len > frameBytesMax) return "too-large";
+  if (len < FRAME_HEADER_BYTES - 4) return "too-small";
+  // The version is checked before waiting for the whole frame, so garbage is refused at once.
+  if (buf.length - offset >= 5 && buf[offset + 4] !== PROTOCOL_VERSION) return "bad-version";
+  const end = offset + 4 + len;
+  return buf.length < end ? "need-more" : end;
+}
+
+/** decodeFrame of the whole Put frame at buf[offset, end), leaving its key and value as bytes; null when malformed. */
+function decodePutBytes(buf: Buffer, offset: number, end: number): PutBytes | null {
+  const r = new Reader(buf, offset + 6, end);
+  try {
+    const group = r.u32();
+    const term = r.u64();
+    const seq = r.u64();
+    const keyAt = r.skip32();
+    const valueAt = r.skip32();
+    if (!r.done()) return null;
+    return { type: "put-bytes", group, term, seq, buf, start: offset, end, keyAt, keyBytes: valueAt - 4 - keyAt, valueAt, valueBytes: end - valueAt };
+  } catch (e) {
+    if (e instanceof Short) return null;
+    throw e;
+  }
+}
+
 /**
  * Decode the frame starting at `offset`. Never throws: returns "need-more" when the buffer ends
  * inside the frame, and a reason when the bytes cannot be a frame of ours.
  */
 export function decodeFrame(buf: Uint8Array, offset: number, frameBytesMax: number): Decoded {
-  if (buf.length - offset < 4) return { ok: false, reason: "need-more" };
-  const len = ((buf[offset]! << 24) | (buf[offset + 1]! << 16) | (buf[offset + 2]! << 8) | buf[offset + 3]!) >>> 0;
-  if (len > frameBytesMax) return { ok: false, reason: "too-large" };
-  if (len < FRAME_HEADER_BYTES - 4) return { ok: false, reason: "too-small" };
-  // The version is checked before waiting for the whole frame, so garbage is refused at once.
-  if (buf.length - offset >= 5 && buf[offset + 4] !== PROTOCOL_VERSION) return { ok: false, reason: "bad-version" };
-  const end = offset + 4 + len;
-  if (buf.length < end) return { ok: false, reason: "need-more" };
+  const end = frameEnd(buf, offset, frameBytesMax);
+  if (typeof end !== "number") return { ok: false, reason: end };
   const r = new Reader(buf, offset + 5, end);
   try {
     const type = r.u8();
@@ -236,8 +283,13 @@ export class FrameReader {
   private pending: Uint8Array | null = null;
   constructor(private readonly frameBytesMax: number) {}
 
-  /** Push a chunk; returns the whole frames in it, or the reason the stream is not ours. */
-  push(chunk: Uint8Array): { frames: Frame[]; error?: DecodeFailure } {
+  /**
+   * Push a chunk; returns the whole frames in it, or the reason the stream is not ours. With
+   * `putsAsBytes`, Put frames come as PutBytes (views of this chunk: use them before returning).
+   */
+  push(chunk: Uint8Array): { frames: Frame[]; error?: DecodeFailure };
+  push(chunk: Uint8Array, putsAsBytes: boolean): { frames: (Frame | PutBytes)[]; error?: DecodeFailure };
+  push(chunk: Uint8Array, putsAsBytes = false): { frames: (Frame | PutBytes)[]; error?: DecodeFailure } {
     // One Buffer over the chunk: the decoder reads strings from it without a view per string.
     let buf: Buffer = asBuffer(chunk);
     if (this.pending) {
@@ -247,9 +299,19 @@ export class FrameReader {
       buf = joined;
       this.pending = null;
     }
-    const frames: Frame[] = [];
+    const frames: (Frame | PutBytes)[] = [];
     let off = 0;
     while (off < buf.length) {
+      if (putsAsBytes && buf.length - off > 5 && buf[off + 5] === FrameType.Put) {
+        const end = frameEnd(buf, off, this.frameBytesMax);
+        if (typeof end === "number") {
+          const p = decodePutBytes(buf, off, end);
+          if (p === null) return { frames, error: "malformed" };
+          frames.push(p);
+          off = end;
+          continue;
+        }
+      }
       const d = decodeFrame(buf, off, this.frameBytesMax);
       if (d.ok) {
         frames.push(d.frame);

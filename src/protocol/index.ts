@@ -14,6 +14,8 @@ export {
   encodeFrame,
   decodeFrame,
   FrameReader,
+  type PutBytes,
+  putFrameOf,
 } from "./frame.ts";
 export {
   DATAGRAM_MAGIC,

@@ -3,7 +3,7 @@
  * it got. A full state transfer is staged aside and swapped in whole at its end, so reads keep
  * seeing the previous (older but whole) state meanwhile. No sockets here.
  */
-import { type Frame, FrameType, WelcomeMode, encodeFrame } from "../protocol/frame.ts";
+import { type Frame, FrameType, type PutBytes, WelcomeMode, encodeFrame, putFrameOf } from "../protocol/frame.ts";
 import type { Store } from "../store/store.ts";
 
 export interface FollowerStats {
@@ -14,8 +14,8 @@ export interface FollowerStats {
 
 /** What a follower tells its node to make durable. */
 export interface FollowerHooks {
-  /** An entry was applied (a persistent node appends it to its log). */
-  onEntry?(seq: number, frame: Frame): void;
+  /** An entry was applied (a persistent node appends it to its log): its encoded frame, to copy before returning. */
+  onEntry?(seq: number, frame: Uint8Array): void;
   /** A full state transfer was installed, or a new history adopted: persist that. */
   onHistory?(historyId: string, seq: number, term: number, kind: "snapshot" | "adopted"): void;
 }
@@ -81,10 +81,21 @@ export class Follower {
   }
 
   /** Apply one frame from the leader. Returns an error text when the link must be closed. */
-  onFrame(f: Frame): string | undefined {
+  onFrame(f: Frame | PutBytes): string | undefined {
     if (f.group !== this.group) return `frame for group ${f.group}, this follower is in group ${this.group}`;
     if (f.seq > this.leaderHead && f.type !== FrameType.Hello) this.leaderHead = f.seq;
     switch (f.type) {
+      case "put-bytes": {
+        const err = this.checkEntry(f.seq);
+        if (err !== undefined) return err === "" ? undefined : err;
+        // An ASCII key and value go into the store as they are; others are decoded first.
+        if (this.store.setAscii(f.buf, f.keyAt, f.keyBytes, f.valueAt, f.valueBytes, f.seq) === undefined) {
+          const p = putFrameOf(f) as Frame & { type: typeof FrameType.Put };
+          this.store.set(p.key, p.value, f.seq);
+        }
+        this.entryApplied(f.seq, f.term, this.hooks.onEntry ? f.buf.subarray(f.start, f.end) : undefined);
+        return undefined;
+      }
       case FrameType.Welcome:
         this.welcomed = true;
         if (f.mode === WelcomeMode.Tail) {
@@ -120,17 +131,14 @@ export class Follower {
         return undefined;
       }
       case FrameType.Put:
-      case FrameType.Delete:
-        if (!this.welcomed || this.staging) return "entry before the follower was in sync";
-        if (f.seq <= this.applied) return undefined; // already have it
-        if (f.seq !== this.applied + 1) return `gap in the stream: expected ${this.applied + 1}, got ${f.seq}`;
+      case FrameType.Delete: {
+        const err = this.checkEntry(f.seq);
+        if (err !== undefined) return err === "" ? undefined : err;
         if (f.type === FrameType.Put) this.store.set(f.key, f.value, f.seq);
         else this.store.delete(f.key, f.seq);
-        this.applied = f.seq;
-        this.term = f.term;
-        this.stats.applied++;
-        this.hooks.onEntry?.(f.seq, f);
+        this.entryApplied(f.seq, f.term, this.hooks.onEntry ? encodeFrame(f) : undefined);
         return undefined;
+      }
       case FrameType.Ping:
         return undefined;
       case FrameType.Error:
@@ -138,6 +146,22 @@ export class Follower {
       default:
         return `unexpected frame type ${f.type} from the leader`;
     }
+  }
+
+  /** Whether the entry at `seq` is the next one: undefined when it is, "" when we already have it, else why the link must close. */
+  private checkEntry(seq: number): string | undefined {
+    if (!this.welcomed || this.staging) return "entry before the follower was in sync";
+    if (seq <= this.applied) return "";
+    if (seq !== this.applied + 1) return `gap in the stream: expected ${this.applied + 1}, got ${seq}`;
+    return undefined;
+  }
+
+  /** The entry at `seq` is in the store. */
+  private entryApplied(seq: number, term: number, frame: Uint8Array | undefined): void {
+    this.applied = seq;
+    this.term = term;
+    this.stats.applied++;
+    if (frame) this.hooks.onEntry?.(seq, frame);
   }
 
   /** Tombstones older than a leader's history can hold are never needed again. */

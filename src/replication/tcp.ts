@@ -4,7 +4,7 @@
  * oversized frame closes that one connection with a log line; the node keeps running.
  */
 import type { Logger } from "../lib/log.ts";
-import { type Frame, FrameReader, FrameType, encodeFrame } from "../protocol/frame.ts";
+import { type Frame, FrameReader, FrameType, type PutBytes, encodeFrame } from "../protocol/frame.ts";
 import { Outbox } from "./outbox.ts";
 
 /**
@@ -117,9 +117,11 @@ export function listenReplication(host: string, port: number, frameBytesMax: num
   return { port: server.port, stop: () => server.stop(true) };
 }
 
-export interface ClientHandlers {
+export interface ClientHandlers<F = Frame> {
+  /** Hand Put frames over as PutBytes (a follower's link: it stores them as they are). */
+  putsAsBytes?: F extends Frame ? false : true;
   onOpen(out: Outbox): void;
-  onFrames(frames: Frame[], out: Outbox): string | undefined;
+  onFrames(frames: F[], out: Outbox): string | undefined;
   onClose(reason: string): void;
 }
 
@@ -128,7 +130,7 @@ export interface ClientLink {
 }
 
 /** Connect to a leader. `onClose` is called exactly once, whether the connect failed or the link ended. */
-export function connectReplication(host: string, port: number, frameBytesMax: number, h: ClientHandlers, log: Logger): ClientLink {
+export function connectReplication<F extends Frame | PutBytes = Frame>(host: string, port: number, frameBytesMax: number, h: ClientHandlers<F>, log: Logger): ClientLink {
   let closed = false;
   let reason = "closed";
   let sock: { end(): void } | null = null;
@@ -153,7 +155,7 @@ export function connectReplication(host: string, port: number, frameBytesMax: nu
       data(socket, chunk) {
         if (closed || !out) return;
         socket.timeout(LINK_IDLE_TIMEOUT_S);
-        const { frames, error } = reader.push(chunk);
+        const { frames, error } = reader.push(chunk, h.putsAsBytes === true) as { frames: F[]; error?: string };
         const err = frames.length > 0 ? h.onFrames(frames, out) : undefined;
         if (error || err) {
           reason = error ? `bad frame from leader: ${error}` : err!;

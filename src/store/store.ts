@@ -96,6 +96,24 @@ export function hashKey(key: string, seed: number): number {
   return h ^ (h >>> 16);
 }
 
+/** hashKey of the ASCII key in bytes [at, at + n) of `b`: the same number as of the string. */
+function hashAscii(b: Buffer, at: number, n: number, seed: number): number {
+  let h = (0x811c9dc5 ^ seed) | 0;
+  for (let i = at; i < at + n; i++) h = Math.imul(h ^ b[i]!, 0x01000193);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}
+
+/** Whether bytes [at, at + n) of `b` are all ASCII. */
+function isAscii(b: Buffer, at: number, n: number): boolean {
+  let or = 0;
+  for (let i = at; i < at + n; i++) or |= b[i]!;
+  return or < 0x80;
+}
+
 /** A string's stored length field: its length, with WIDE when it is not all ASCII. */
 const lengthField = (s: string): number => (Buffer.byteLength(s, "utf8") === s.length ? s.length : (s.length | WIDE) >>> 0);
 /** Bytes a length field stands for. */
@@ -157,6 +175,11 @@ export class Store {
   /** Tombstones in version order, for purging. */
   private tombstones: { key: string; version: number }[] = [];
   private tombstoneHead = 0;
+  /** setAscii's key and value, in the bytes of `src`, while it runs. */
+  private src: Buffer | null = null;
+  private srcKeyAt = 0;
+  private srcKeyBytes = 0;
+  private srcValueAt = 0;
 
   constructor(o: StoreOptions = {}) {
     this.seed = o.seed ?? 0;
@@ -242,6 +265,36 @@ export class Store {
     return q;
   }
 
+  /** probe() of the key in `src` at srcKeyAt (setAscii's): ASCII bytes, compared as stored. */
+  private probeBytes(t: Int32Array, mask: number, h: number): number {
+    const src = this.src!;
+    const from = this.srcKeyAt;
+    const n = this.srcKeyBytes;
+    for (let p = h & mask; ; p = (p + 1) & mask) {
+      const ci = t[3 * p + 1]!;
+      if (ci === 0) return -1 - p;
+      if (ci <= 0 || t[3 * p] !== h) continue;
+      const c = this.chunks[ci - 1]!;
+      const at = t[3 * p + 2]!;
+      if (c.u32[(at >>> 2) + W_KEY] !== n) continue; // also unequal when stored WIDE
+      const b = c.buf;
+      let k = 0;
+      for (let i = at + HEADER; k < n && b[i] === src[from + k]; k++, i++);
+      if (k === n) return p;
+    }
+  }
+
+  /** locate() of the key in `src` (setAscii's). */
+  private locateBytes(h: number): number {
+    const p = this.probeBytes(this.table, this.mask, h);
+    this.foundIn = this.table;
+    if (p >= 0 || this.old === null) return p;
+    const q = this.probeBytes(this.old, this.oldMask, h);
+    if (q < 0) return p;
+    this.foundIn = this.old;
+    return q;
+  }
+
   /** Position pointing at the entry at `at` of chunk `n` (whose hash is `h`), in `foundIn`; or -1 if none does (garbage). */
   private positionOf(h: number, n: number, at: number): number {
     for (let t: Int32Array | null = this.table, mask = this.mask; t !== null; t = t === this.old ? null : this.old, mask = this.oldMask) {
@@ -283,48 +336,80 @@ export class Store {
   set(key: string, value: string, version: number): boolean {
     if (this.old !== null) this.step(this.migrateStep);
     const h = this.hashOf(key);
-    let p = this.locate(key, h);
+    return this.put(this.locate(key, h), h, key, -1, value, lengthField(value), version);
+  }
+
+  /**
+   * set() of a key and value given as UTF-8 bytes of `src` (a replication frame's), copied into
+   * the arena as they are: no strings are made of them. Only when both are ASCII (UTF-8 bytes and
+   * the arena's one byte a character then agree) and the store hashes with hashKey; otherwise
+   * returns undefined and changes nothing (decode them and call set).
+   */
+  setAscii(src: Buffer, keyAt: number, keyBytes: number, valueAt: number, valueBytes: number, version: number): boolean | undefined {
+    if (this.hash !== hashKey || !isAscii(src, keyAt, keyBytes) || !isAscii(src, valueAt, valueBytes)) return undefined;
+    if (this.old !== null) this.step(this.migrateStep);
+    const h = hashAscii(src, keyAt, keyBytes, this.seed);
+    this.src = src;
+    this.srcKeyAt = keyAt;
+    this.srcKeyBytes = keyBytes;
+    this.srcValueAt = valueAt;
+    try {
+      return this.put(this.locateBytes(h), h, null, keyBytes, null, valueBytes, version);
+    } finally {
+      this.src = null;
+    }
+  }
+
+  /**
+   * The write of set(): `p` is where locate() found the key (or where it would go). A null key or
+   * value is in `src` (at srcKeyAt, srcValueAt), as ASCII bytes. A key field of -1: work it out
+   * from `key` if it is needed (a new key).
+   */
+  private put(p: number, h: number, key: string | null, keyField: number, value: string | null, valueField: number, version: number): boolean {
     if (p >= 0) {
       const t = this.foundIn;
       const n = t[3 * p + 1]! - 1;
       const at = t[3 * p + 2]!;
       const c = this.chunks[n]!;
       if (c.f64[(at >>> 3) + D_VERSION]! >= version) return false;
-      const keyField = c.u32[(at >>> 2) + W_KEY]!;
+      keyField = c.u32[(at >>> 2) + W_KEY]!;
       const keyBytes = bytesOf(keyField);
-      const valueField = lengthField(value);
       const need = keyBytes + bytesOf(valueField);
       const room = c.u32[(at >>> 2) + W_ROOM]!;
       // In place when it fits and does not leave most of a large room empty (a 1 MiB value
       // overwritten by a short one moves, so its room is given back).
       if (need <= room && room - need <= Math.max(need, SHRINK_SLACK_BYTES)) {
-        writeString(c.buf, at + HEADER + keyBytes, value, valueField);
+        this.writeField(c.buf, at + HEADER + keyBytes, value, valueField, this.srcValueAt);
         c.u32[(at >>> 2) + W_VALUE] = valueField;
         c.f64[(at >>> 3) + D_VERSION] = version;
         return true;
       }
-      // Too large for its room (or far too small): the old entry becomes garbage and the write is appended anew.
-      // Meanwhile the table points nowhere (MOVING keeps probes going), so that compaction, of the
-      // old buffer or of the old head, does not copy the old entry.
+      // Too large for its room (or far too small): the old entry becomes garbage and the write is
+      // appended anew, its key copied from the old entry (a released buffer is dropped or
+      // compacted, never written to again). Meanwhile the table points nowhere (MOVING keeps
+      // probes going), so that compaction, of the old buffer or of the old head, does not copy
+      // the old entry.
       t[3 * p + 1] = MOVING;
       this.release(n, at);
-      const to = this.append(h, key, keyField, value, valueField, version);
+      const to = this.append(h, keyField, c.buf, at + HEADER, null, value, valueField, version);
       t[3 * p + 1] = this.appended + 1;
       t[3 * p + 2] = to;
       return true;
     }
     if (this.dead.size > 0) {
-      const deletedAt = this.dead.get(key);
+      const k = key ?? (this.src as Buffer & Latin1).latin1Slice(this.srcKeyAt, this.srcKeyAt + keyField);
+      const deletedAt = this.dead.get(k);
       if (deletedAt !== undefined) {
         if (deletedAt >= version) return false;
-        this.dead.delete(key);
+        this.dead.delete(k);
       }
     }
+    if (keyField < 0) keyField = lengthField(key!);
     if (this.count + 1 > LOAD_MAX * (this.mask + 1)) {
       this.resize(2 * (this.mask + 1));
-      p = this.probe(this.table, this.mask, key, h);
+      p = key !== null ? this.probe(this.table, this.mask, key, h) : this.probeBytes(this.table, this.mask, h);
     }
-    const to = this.append(h, key, lengthField(key), value, lengthField(value), version);
+    const to = this.append(h, keyField, this.src, this.srcKeyAt, key, value, valueField, version);
     p = -1 - p;
     this.table[3 * p] = h;
     this.table[3 * p + 1] = this.appended + 1;
@@ -333,8 +418,17 @@ export class Store {
     return true;
   }
 
-  /** Write an entry into the arena; returns its offset, in chunk `this.appended`. */
-  private append(h: number, key: string, keyField: number, value: string, valueField: number, version: number): number {
+  /** Write a string field: `s`, or when null, `field` ASCII bytes of `src` from `srcAt`. */
+  private writeField(buf: Buffer, at: number, s: string | null, field: number, srcAt: number): void {
+    if (s !== null) writeString(buf, at, s, field);
+    else this.src!.copy(buf, at, srcAt, srcAt + field);
+  }
+
+  /**
+   * Write an entry into the arena; returns its offset, in chunk `this.appended`. The key is `key`,
+   * or when null, bytes of `keyFrom` at `keyAt` already in stored form (an old entry's, or ASCII).
+   */
+  private append(h: number, keyField: number, keyFrom: Buffer | null, keyAt: number, key: string | null, value: string | null, valueField: number, version: number): number {
     const keyBytes = bytesOf(keyField);
     const room = align8(keyBytes + bytesOf(valueField));
     const size = HEADER + room;
@@ -352,8 +446,9 @@ export class Store {
     c.f64[(at >>> 3) + D_VERSION] = version;
     c.u32[(at >>> 2) + W_KEY] = keyField;
     c.u32[(at >>> 2) + W_VALUE] = valueField;
-    writeString(c.buf, at + HEADER, key, keyField);
-    writeString(c.buf, at + HEADER + keyBytes, value, valueField);
+    if (key !== null) writeString(c.buf, at + HEADER, key, keyField);
+    else keyFrom!.copy(c.buf, at + HEADER, keyAt, keyAt + keyBytes);
+    this.writeField(c.buf, at + HEADER + keyBytes, value, valueField, this.srcValueAt);
     c.used += size;
     c.live += size;
     this.appended = n;

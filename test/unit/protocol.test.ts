@@ -16,6 +16,7 @@ import {
   decodeFrame,
   encodeDatagram,
   encodeFrame,
+  putFrameOf,
   type Announcement,
   type Frame,
 } from "../../src/protocol/index.ts";
@@ -56,16 +57,32 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
 
 const concat = (parts: Uint8Array[]): Uint8Array => Buffer.concat(parts);
 
-/** Push `bytes` into a fresh reader cut at the given offsets; returns every frame and any error. */
-function readInPieces(bytes: Uint8Array, cuts: number[]): { frames: Frame[]; errors: string[]; buffered: number } {
-  const reader = new FrameReader(MAX);
+/**
+ * Push `bytes` into a fresh reader cut at the given offsets; returns every frame and any error.
+ * With `putsAsBytes`, each Put that comes as bytes is checked against its frame and made into it
+ * while its chunk is valid (each chunk pushed is a copy, overwritten after the push).
+ */
+function readInPieces(bytes: Uint8Array, cuts: number[], putsAsBytes = false, max = MAX): { frames: Frame[]; errors: string[]; buffered: number } {
+  const reader = new FrameReader(max);
   const frames: Frame[] = [];
   const errors: string[] = [];
   const points = [...new Set(cuts.map((c) => Math.min(Math.max(c, 0), bytes.length)))].sort((a, b) => a - b);
   let from = 0;
   for (const to of [...points, bytes.length]) {
-    const r = reader.push(bytes.subarray(from, to));
-    frames.push(...r.frames);
+    const chunk = Buffer.from(bytes.subarray(from, to));
+    const r = reader.push(chunk, putsAsBytes);
+    for (const f of r.frames) {
+      if (f.type !== "put-bytes") {
+        frames.push(f);
+        continue;
+      }
+      const whole = decodeFrame(f.buf.subarray(f.start, f.end), 0, max);
+      expect(whole.ok && whole.frame).toEqual(putFrameOf(f));
+      expect(f.buf.readUInt32BE(f.keyAt - 4)).toBe(f.keyBytes);
+      expect(f.buf.readUInt32BE(f.valueAt - 4)).toBe(f.valueBytes);
+      frames.push(putFrameOf(f));
+    }
+    chunk.fill(0xee);
     if (r.error) errors.push(r.error);
     from = to;
   }
@@ -253,6 +270,26 @@ describe("FrameReader", () => {
       }),
       { numRuns: 500 },
     );
+  });
+
+  test("with putsAsBytes, Puts come as their bytes and the stream reads exactly as without, damaged or not (property)", () => {
+    fc.assert(
+      fc.property(
+        fc.array(frameArb, { minLength: 1, maxLength: 8 }),
+        fc.array(fc.nat(), { maxLength: 12 }),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }),
+        fc.constantFrom(MAX, 64),
+        (list, rawCuts, edits, max) => {
+          const bytes = Buffer.from(concat(list.map((f) => encodeFrame(f))));
+          for (const [at, v] of edits) bytes[at % bytes.length] = v;
+          const cuts = rawCuts.map((c) => c % (bytes.length + 1));
+          expect(readInPieces(bytes, cuts, true, max)).toEqual(readInPieces(bytes, cuts, false, max));
+        },
+      ),
+      { numRuns: 2000 },
+    );
+    // Undamaged, every Put of the sample comes through.
+    expect(readInPieces(stream, [17, 100], true).frames).toEqual(sample);
   });
 
   test("keeps exactly the unfinished tail of a frame buffered", () => {

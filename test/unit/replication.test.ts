@@ -3,7 +3,7 @@ import fc from "fast-check";
 import { AssertionError } from "../../src/lib/assert.ts";
 import { frameBytesMax, limits } from "../../src/lib/limits.ts";
 import { silentLogger } from "../../src/lib/log.ts";
-import { FrameReader, FrameType, WelcomeMode, decodeFrame, encodeFrame, type Frame } from "../../src/protocol/frame.ts";
+import { FrameReader, FrameType, WelcomeMode, decodeFrame, encodeFrame, putFrameOf, type Frame } from "../../src/protocol/frame.ts";
 import { Follower } from "../../src/replication/follower.ts";
 import { History } from "../../src/replication/history.ts";
 import { Leader, type FollowerLink } from "../../src/replication/leader.ts";
@@ -179,15 +179,18 @@ class Sim {
     for (let at = 0; at < bytes.length; ) {
       moved = true;
       const n = Math.max(1, Math.min(bytes.length - at, this.chunkSize()));
-      const { frames, error } = c.atFollower.push(bytes.subarray(at, at + n));
+      // As the node reads its link: Puts as bytes, from a chunk whose memory is reused after.
+      const chunk = Buffer.from(bytes.subarray(at, at + n));
+      const { frames, error } = c.atFollower.push(chunk, true);
       at += n;
       const before = this.follower.applied;
       for (const f of frames) {
-        c.framesToFollower.push(f);
+        c.framesToFollower.push(f.type === "put-bytes" ? putFrameOf(f) : f);
         const err = this.follower.onFrame(f);
         if (err) this.errors.push(`follower: ${err}`);
         if (f.type === FrameType.Ping) c.followerOut.send(this.follower.ack());
       }
+      chunk.fill(0xee);
       if (error) this.errors.push(`follower reader: ${error}`);
       if (this.follower.applied !== before) c.followerOut.send(this.follower.ack());
     }
@@ -621,6 +624,33 @@ describe("Follower", () => {
       expect(content(store)).toEqual([["old", "x", 1]]);
       expect(f.applied).toBe(0);
     }
+  });
+
+  test("applies Puts handed over as bytes, ASCII or not, and passes each entry's frame bytes on", () => {
+    const store = new Store();
+    const logged: [number, Buffer][] = [];
+    const f = new Follower(store, GROUP, CLUSTER, "f1", { onEntry: (seq, frame) => logged.push([seq, Buffer.from(frame)]) });
+    const frames: Frame[] = [
+      welcome(WelcomeMode.Tail, 0),
+      put(1, "plain", "ascii value"),
+      put(2, "clé", "valeur"),
+      put(3, "plain", "é"),
+      { type: FrameType.Delete, ...h(4), key: "clé" },
+      put(5, "k\0|", ""),
+      put(2, "late", "already applied: ignored"),
+    ];
+    const chunk = Buffer.from(concat(frames.map((x) => encodeFrame(x))));
+    const read = new FrameReader(LINK_FRAME_MAX).push(chunk, true);
+    expect(read.frames.filter((x) => x.type === "put-bytes").length).toBe(5);
+    for (const x of read.frames) expect(f.onFrame(x)).toBeUndefined();
+    chunk.fill(0);
+    expect(content(store)).toEqual([
+      ["k\0|", "", 5],
+      ["plain", "é", 3],
+    ]);
+    expect(store.versionOf("clé")).toBe(4);
+    expect(f.applied).toBe(5);
+    expect(logged).toEqual(frames.slice(1, 6).map((x) => [x.seq, Buffer.from(encodeFrame(x))]));
   });
 
   test("refuses frames of another group and reports a leader's error", () => {

@@ -40,6 +40,15 @@ function applyToBoth(s: Store, model: Map<string, { value: string; version: numb
   if (kind === "set") {
     expect(s.set(key, value, v)).toBe(true);
     model.set(key, { value, version: v });
+  } else if (kind === "setAscii") {
+    // As a follower applies a frame: the key and value as UTF-8 bytes among others.
+    const k = Buffer.from(key);
+    const src = Buffer.concat([Buffer.from("~é"), k, Buffer.from("\xff"), Buffer.from(value), Buffer.from("!")]);
+    const r = s.setAscii(src, 3, k.length, 3 + k.length + 2, src.length - 1 - (3 + k.length + 2), v);
+    const ascii = /^[\0-\x7f]*$/.test(key + value);
+    expect(r).toBe(ascii ? true : undefined);
+    if (!ascii) expect(s.set(key, value, v)).toBe(true);
+    model.set(key, { value, version: v });
   } else expect(s.delete(key, v)).toBe(model.delete(key));
 }
 
@@ -516,7 +525,7 @@ describe("Store arena (keys and values as bytes off the JS heap)", () => {
   const chars = ["a", "é", "😀", "\ud800", "\0"];
   const valueArb = fc.tuple(fc.constantFrom(...sizes), fc.constantFrom(...chars), fc.string({ maxLength: 3 })).map(([n, c, tail]) => c.repeat(n) + tail);
   const keyArb = fc.oneof(fc.integer({ min: 0, max: 30 }).map((n) => `k${n}`), fc.constantFrom("é", "😀", "\udc00", "", "k1\0"));
-  const opsArb = fc.array(fc.tuple(fc.constantFrom("set", "set", "set", "del"), keyArb, valueArb), { maxLength: 200 });
+  const opsArb = fc.array(fc.tuple(fc.constantFrom("set", "set", "setAscii", "del"), keyArb, valueArb), { maxLength: 200 });
 
   test("values of any size and text match a Map model through overwrites, moves, compaction and deletes (property)", () => {
     fc.assert(
