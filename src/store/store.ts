@@ -627,7 +627,13 @@ export class Store {
    */
   private *live(): Generator<[Chunk, number]> {
     let epoch = -1;
+    let list = this.chunks;
     for (;;) {
+      // The whole content was replaced (adopt, replaceAll): walk the new one from its start.
+      if (this.chunks !== list) {
+        list = this.chunks;
+        epoch = -1;
+      }
       let n = -1;
       for (let m = 0; m < this.chunks.length; m++) {
         const c = this.chunks[m];
@@ -646,7 +652,8 @@ export class Store {
   /**
    * Live keys, oldest first. Safe while the store changes: a key live throughout the iteration is
    * visited at least once, twice if it was moved meanwhile from a place already passed (compacted,
-   * or overwritten by a larger value); a key written or deleted meanwhile may be missed or seen twice.
+   * or overwritten by a larger value, or the whole content replaced); a key written or deleted
+   * meanwhile may be missed or seen twice.
    */
   *keys(): IterableIterator<string> {
     for (const [c, at] of this.live()) yield readString(c.buf, at + HEADER, c.u32[(at >>> 2) + W_KEY]!);

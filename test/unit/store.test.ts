@@ -623,6 +623,23 @@ describe("Store arena (keys and values as bytes off the JS heap)", () => {
     expect([...s.keys()].length).toBe(Math.ceil(n / 3));
   });
 
+  test("iterating keys while the whole content is replaced (a full transfer adopted) visits every key live throughout", () => {
+    const s = new Store({ seed: 3 });
+    const n = 3000;
+    for (let i = 0; i < n; i++) s.set(`a${i}`, "x".repeat(1000), i + 1); // ~3 MiB: four buffers
+    const staged = s.emptyLike();
+    for (let i = 0; i < n; i++) staged.set(`a${i}`, "y".repeat(1000), n + i + 1);
+    staged.set("only-new", "z", 1);
+    const seen = new Set<string>();
+    let i = 0;
+    for (const k of s.keys()) {
+      seen.add(k);
+      if (++i === 2500) s.adopt(staged); // the walk is in the third buffer by now
+    }
+    for (let j = 0; j < n; j++) expect({ k: `a${j}`, seen: seen.has(`a${j}`) }).toEqual({ k: `a${j}`, seen: true });
+    expect(seen.has("only-new")).toBe(true);
+  });
+
   test("iterating keys while entries move and buffers are compacted visits every key live throughout at least once", () => {
     const s = new Store({ seed: 2 });
     const n = 6000;
