@@ -4,6 +4,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { connect } from "node:net";
+import { join } from "node:path";
 import { encodeDatagram, DatagramType, FrameType, encodeFrame, PROTOCOL_VERSION, RequestOp } from "../../src/protocol/index.ts";
 import { SO_REUSEADDR } from "../../src/discovery/udp.ts";
 import { TestCluster, forwardedRequest, freeUdpPort } from "../support/cluster.ts";
@@ -109,6 +110,22 @@ describe("the discovery port", () => {
     // Replication still works.
     expect((await leader.set("after", "garbage")).status).toBe(200);
     await waitFor("replication after garbage", async () => (await f.get("after")).status === 200);
+  });
+});
+
+describe("the API port", () => {
+  test("a second node on a port another node serves fails to start, naming the port; the first keeps serving", async () => {
+    await using c = await TestCluster.create();
+    const n = await c.start({ leader: true, inMemory: true });
+    const args = c.args({ inMemory: true, api: n.apiPort, group: 1, leader: true });
+    const proc = Bun.spawn([process.execPath, "src/cli/main.ts", ...args], { cwd: join(import.meta.dir, "..", ".."), stderr: "pipe", stdout: "ignore" });
+    const timer = setTimeout(() => proc.kill(), 15_000);
+    const code = await proc.exited;
+    clearTimeout(timer);
+    expect(code).toBe(1);
+    expect(await new Response(proc.stderr).text()).toContain(`port ${n.apiPort} in use`);
+    expect((await n.set("still", "here")).status).toBe(200);
+    expect((await n.get("still")).body).toEqual({ key: "still", value: "here", version: 1 });
   });
 });
 
