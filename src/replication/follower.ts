@@ -113,14 +113,20 @@ export class Follower {
       case FrameType.SnapshotChunk:
         if (!this.staging || f.seq !== this.staging.seq) return "snapshot chunk outside a snapshot";
         for (const e of f.entries) {
-          if (this.staging.store.versionOf(e.key) !== 0) return `key sent twice in a snapshot: "${e.key.slice(0, 64)}"`;
+          if (this.staging.store.versionOf(e.key) !== 0) {
+            this.staging = null; // the link closes; what was staged is not kept through the reconnect
+            return `key sent twice in a snapshot: "${e.key.slice(0, 64)}"`;
+          }
           this.staging.store.set(e.key, e.value, e.version);
         }
         return undefined;
       case FrameType.SnapshotEnd: {
         const s = this.staging;
         if (!s || f.seq !== s.seq) return "snapshot end outside a snapshot";
-        if (s.store.size !== s.count) return `snapshot said it holds ${s.count} keys, it sent ${s.store.size}`;
+        if (s.store.size !== s.count) {
+          this.staging = null;
+          return `snapshot said it holds ${s.count} keys, it sent ${s.store.size}`;
+        }
         this.store.adopt(s.store);
         this.applied = s.seq;
         this.term = f.term;

@@ -17,8 +17,8 @@
  *   offset] triples; deletes close their gap by backward shift, so there are no index tombstones).
  *   Growing it copies integers and rehashes nothing.
  * - An overwrite that fits the entry's room (its bytes rounded up to 8) is written in place; a larger
- *   one, or one that would leave more than half of a room over 512 bytes empty, is appended and the
- *   old entry becomes garbage. A buffer that is less than half live is
+ *   one, or one that would leave empty more than its own size and more than 1 KiB, is appended
+ *   and the old entry becomes garbage. A buffer that is less than half live is
  *   compacted: its live entries are copied to the head buffer and it is dropped (at most as many
  *   bytes copied as freed, ~1 MiB at a time).
  * - Reads decode the value into a fresh string (~60 ns for 100 bytes).
@@ -44,7 +44,7 @@ const CHUNK_BYTES = 1 << 20;
 /** An entry larger than this gets a buffer of its own. */
 const LARGE_BYTES = CHUNK_BYTES >>> 2;
 /** An overwrite stays in place while the room it leaves empty is at most its size or this. */
-const SHRINK_SLACK_BYTES = 256;
+const SHRINK_SLACK_BYTES = 1024;
 /** Entry header: hash i32, room u32, version f64, key length u32, value length u32 (little-endian). */
 const HEADER = 24;
 /** Header fields as indexes from the entry's first word: 32-bit words (hash 0, room 1, key 4, value 5), 64-bit (version 1). */
@@ -175,6 +175,8 @@ export class Store {
   /** Tombstones in version order, for purging. */
   private tombstones: { key: string; version: number }[] = [];
   private tombstoneHead = 0;
+  /** Entries moved so far from a buffer of their own to the head (behind a keys() walk between them). */
+  private movedBack = 0;
   /** setAscii's key and value, in the bytes of `src`, while it runs. */
   private src: Buffer | null = null;
   private srcKeyAt = 0;
@@ -391,6 +393,9 @@ export class Store {
       // the old entry.
       t[3 * p + 1] = MOVING;
       this.release(n, at);
+      // An entry leaving a buffer of its own (newer than the head) for the head moves behind a
+      // keys() walk that is between the two: the walk counts these and goes round again.
+      if (c.single && HEADER + align8(need) <= LARGE_BYTES) this.movedBack++;
       const to = this.append(h, keyField, c.buf, at + HEADER, null, value, valueField, version);
       t[3 * p + 1] = this.appended + 1;
       t[3 * p + 2] = to;
@@ -628,6 +633,7 @@ export class Store {
   private *live(): Generator<[Chunk, number]> {
     let epoch = -1;
     let list = this.chunks;
+    let movedBack = this.movedBack;
     for (;;) {
       // The whole content was replaced (adopt, replaceAll): walk the new one from its start.
       if (this.chunks !== list) {
@@ -639,7 +645,15 @@ export class Store {
         const c = this.chunks[m];
         if (c !== undefined && c.epoch > epoch && (n < 0 || c.epoch < this.chunks[n]!.epoch)) n = m;
       }
-      if (n < 0) return;
+      if (n < 0) {
+        // Entries moved from a newer buffer to an older one meanwhile (a large value overwritten
+        // by a small one) may lie behind the walk: go round once more (rare: it takes a write of
+        // a value over 256 KiB, then a small one to the same key, during the walk).
+        if (this.movedBack === movedBack) return;
+        movedBack = this.movedBack;
+        epoch = -1;
+        continue;
+      }
       const c = this.chunks[n]!;
       epoch = c.epoch;
       // c.used grows while c is the head; the walk stops if c is compacted away meanwhile.
@@ -652,8 +666,9 @@ export class Store {
   /**
    * Live keys, oldest first. Safe while the store changes: a key live throughout the iteration is
    * visited at least once, twice if it was moved meanwhile from a place already passed (compacted,
-   * or overwritten by a larger value, or the whole content replaced); a key written or deleted
-   * meanwhile may be missed or seen twice.
+   * or overwritten by a larger value, or the whole content replaced), or if a large value was
+   * overwritten by a small one meanwhile (the walk then goes round again); a key written or
+   * deleted meanwhile may be missed or seen twice.
    */
   *keys(): IterableIterator<string> {
     for (const [c, at] of this.live()) yield readString(c.buf, at + HEADER, c.u32[(at >>> 2) + W_KEY]!);

@@ -603,6 +603,7 @@ describe("Follower", () => {
     f.onFrame({ type: FrameType.SnapshotBegin, ...h(20), historyId: HISTORY_ID, count: 2 });
     f.onFrame({ type: FrameType.SnapshotChunk, ...h(20), entries: [{ key: "a", value: "1", version: 5 }] });
     expect(f.onFrame({ type: FrameType.SnapshotChunk, ...h(20), entries: [{ key: "a", value: "2", version: 6 }] })).toMatch(/twice/);
+    expect(f.syncing).toBe(false);
     expect(content(store)).toEqual([["old", "x", 1]]);
     // The next link starts over with a hello; a transfer that begins again is staged afresh.
     f.hello();
@@ -621,6 +622,7 @@ describe("Follower", () => {
       f.onFrame({ type: FrameType.SnapshotBegin, ...h(20), historyId: HISTORY_ID, count });
       f.onFrame({ type: FrameType.SnapshotChunk, ...h(20), entries: [{ key: "a", value: "1", version: 5 }, { key: "b", value: "2", version: 6 }] });
       expect(f.onFrame({ type: FrameType.SnapshotEnd, ...h(20) })).toBe(`snapshot said it holds ${count} keys, it sent 2`);
+      expect(f.syncing).toBe(false); // what was staged is dropped, not held through the reconnect
       expect(content(store)).toEqual([["old", "x", 1]]);
       expect(f.applied).toBe(0);
     }

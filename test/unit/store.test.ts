@@ -599,7 +599,7 @@ describe("Store arena (keys and values as bytes off the JS heap)", () => {
     expect(s.arenaBytes.live).toBe(24 + 304 + 24 + 8);
     expect(s.arenaBytes.held).toBe(before.held - (24 + 600_008));
     expect(entryOf(s.get("big"))).toEqual({ value: "small", version: 4 });
-    s.set("m", "m".repeat(100), 5); // 200 empty: under 256, in place
+    s.set("m", "m".repeat(100), 5); // 200 empty: under 1 KiB, in place
     expect(s.arenaBytes.live).toBe(24 + 304 + 24 + 8);
     expect(entryOf(s.get("m"))).toEqual({ value: "m".repeat(100), version: 5 });
   });
@@ -621,6 +621,20 @@ describe("Store arena (keys and values as bytes off the JS heap)", () => {
     expect(live).toBe(Math.ceil(n / 3) * (24 + 60_008));
     expect(held).toBeLessThanOrEqual(3 * live + MiB);
     expect([...s.keys()].length).toBe(Math.ceil(n / 3));
+  });
+
+  test("iterating keys while a value with a buffer of its own shrinks (and moves) still visits that key", () => {
+    const s = new Store();
+    s.set("a", "small", 1); // the head buffer
+    s.set("big0", "x".repeat(300_000), 2); // a buffer of its own, newer than the head
+    s.set("big", "y".repeat(300_000), 3); // another, newer still
+    const seen: string[] = [];
+    for (const k of s.keys()) {
+      seen.push(k);
+      if (k === "big0") s.set("big", "now small", 4); // moves out of its own buffer, the walk being past the head
+    }
+    expect(seen).toContain("big");
+    expect(entryOf(s.get("big"))).toEqual({ value: "now small", version: 4 });
   });
 
   test("iterating keys while the whole content is replaced (a full transfer adopted) visits every key live throughout", () => {
