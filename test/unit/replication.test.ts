@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { AssertionError } from "../../src/lib/assert.ts";
+import { StorageFullError } from "../../src/lib/errors.ts";
 import { frameBytesMax, limits } from "../../src/lib/limits.ts";
 import { silentLogger } from "../../src/lib/log.ts";
 import { FrameReader, FrameType, WelcomeMode, decodeFrame, encodeFrame, putFrameOf, type Frame } from "../../src/protocol/frame.ts";
@@ -673,6 +674,31 @@ describe("Follower", () => {
 });
 
 // --- Leader, frame by frame --------------------------------------------------------------------
+
+describe("Leader", () => {
+  test("refuses a write with StorageFullError before it takes a sequence when its store has no room", () => {
+    const store = new Store({ buffersMax: 70 }); // room while fewer than 70 - 64 buffers are used
+    const leader = new Leader({ store, group: GROUP, term: 1, historyId: HISTORY_ID, cluster: CLUSTER, historyEntries: 1000, now: () => 0, log: silentLogger, schedule: () => {} });
+    const big = "b".repeat(300_000); // a buffer each
+    let accepted = 0;
+    let err: unknown = null;
+    try {
+      for (let i = 0; i < 20; i++) {
+        leader.set(`big${i}`, big);
+        accepted++;
+      }
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(StorageFullError);
+    expect(accepted).toBeGreaterThan(2);
+    expect(leader.head).toBe(accepted);
+    expect(store.size).toBe(accepted);
+    // A delete needs no room, and frees some: writes are taken again, in sequence.
+    expect(leader.delete("big0").seq).toBe(accepted + 1);
+    expect(leader.set("small", "s")).toBe(accepted + 2);
+  });
+});
 
 describe("Leader handshake", () => {
   const hello = (p: Partial<Extract<Frame, { type: 1 }>> = {}): Frame => ({
