@@ -656,6 +656,22 @@ describe("Follower", () => {
     expect(logged).toEqual(frames.slice(1, 6).map((x) => [x.seq, Buffer.from(encodeFrame(x))]));
   });
 
+  test("an entry its store cannot take (full) closes the link with a reason instead of throwing, and is not counted applied", () => {
+    const store = new Store({ buffersMax: 6 });
+    const f = new Follower(store, GROUP, CLUSTER, "f1");
+    f.onFrame(welcome(WelcomeMode.Tail, 0));
+    const big = "b".repeat(300_000); // a buffer each
+    let err: string | undefined;
+    let seq = 0;
+    while (err === undefined && seq < 50) err = f.onFrame(put(++seq, `big${seq}`, big));
+    expect(err).toMatch(new RegExp(`cannot apply the entry at ${seq}: .*most buffers`));
+    expect(f.applied).toBe(seq - 1);
+    // Bytes as the node reads them take the same path.
+    const read = new FrameReader(LINK_FRAME_MAX).push(encodeFrame(put(seq, "again", big)), true);
+    expect(f.onFrame(read.frames[0]!)).toMatch(/cannot apply the entry/);
+    expect(f.applied).toBe(seq - 1);
+  });
+
   test("refuses frames of another group and reports a leader's error", () => {
     const { f } = fresh();
     expect(f.onFrame({ type: FrameType.Ping, group: GROUP + 1, term: 1, seq: 0 })).toMatch(/group/);
