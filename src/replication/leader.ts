@@ -133,7 +133,7 @@ export class Leader {
 
   private propose(key: string, value: string | null): number {
     // Refused before it takes a sequence: the followers must be able to apply whatever is accepted.
-    if (value !== null && !this.o.store.hasRoom) throw new StorageFullError(`Cannot write "${key.slice(0, 64)}": the store is full (its most buffers of keys and values)`);
+    if (value !== null && !this.o.store.hasRoom(this.pending.length)) throw new StorageFullError(`Cannot write "${key.slice(0, 64)}": the store is full (its most buffers of keys and values)`);
     const seq = ++this.seq;
     const { group, term } = this.o;
     if (!this.o.wal) {

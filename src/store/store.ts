@@ -215,11 +215,12 @@ export class Store {
   }
 
   /**
-   * Whether the store can take new values with room to spare: a leader asks before it accepts a
-   * write, so that the replicas, which must apply what it accepted, never reach the hard limit.
+   * Whether the store can take a new value with room to spare, `pending` values (accepted, not
+   * yet written) counted as a buffer each: a leader asks before it accepts a write, so that it and
+   * its replicas, which must apply what it accepted, never reach the hard limit.
    */
-  get hasRoom(): boolean {
-    return this.chunks.length - this.freeChunks.length < this.buffersMax - ROOM_MARGIN_BUFFERS;
+  hasRoom(pending = 0): boolean {
+    return this.chunks.length - this.freeChunks.length + pending < this.buffersMax - ROOM_MARGIN_BUFFERS;
   }
 
   /** Number of live keys. */
