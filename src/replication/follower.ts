@@ -20,9 +20,6 @@ export interface FollowerHooks {
   onHistory?(historyId: string, seq: number, term: number, kind: "snapshot" | "adopted"): void;
 }
 
-/** A store that cannot take an entry (it is full): the link closes, and the entry comes again. */
-const cannotApply = (seq: number, e: unknown): string => `cannot apply the entry at ${seq}: ${(e as Error)?.message ?? String(e)}`;
-
 export class Follower {
   /** History the applied sequence belongs to ("" before the first sync). */
   historyId = "";
@@ -92,13 +89,9 @@ export class Follower {
         const err = this.checkEntry(f.seq);
         if (err !== undefined) return err === "" ? undefined : err;
         // An ASCII key and value go into the store as they are; others are decoded first.
-        try {
-          if (this.store.setAscii(f.buf, f.keyAt, f.keyBytes, f.valueAt, f.valueBytes, f.seq) === undefined) {
-            const p = putFrameOf(f) as Frame & { type: typeof FrameType.Put };
-            this.store.set(p.key, p.value, f.seq);
-          }
-        } catch (e) {
-          return cannotApply(f.seq, e);
+        if (this.store.setAscii(f.buf, f.keyAt, f.keyBytes, f.valueAt, f.valueBytes, f.seq) === undefined) {
+          const p = putFrameOf(f) as Frame & { type: typeof FrameType.Put };
+          this.store.set(p.key, p.value, f.seq);
         }
         this.entryApplied(f.seq, f.term, this.hooks.onEntry ? f.buf.subarray(f.start, f.end) : undefined);
         return undefined;
@@ -147,12 +140,8 @@ export class Follower {
       case FrameType.Delete: {
         const err = this.checkEntry(f.seq);
         if (err !== undefined) return err === "" ? undefined : err;
-        try {
-          if (f.type === FrameType.Put) this.store.set(f.key, f.value, f.seq);
-          else this.store.delete(f.key, f.seq);
-        } catch (e) {
-          return cannotApply(f.seq, e);
-        }
+        if (f.type === FrameType.Put) this.store.set(f.key, f.value, f.seq);
+        else this.store.delete(f.key, f.seq);
         this.entryApplied(f.seq, f.term, this.hooks.onEntry ? encodeFrame(f) : undefined);
         return undefined;
       }

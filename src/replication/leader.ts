@@ -11,7 +11,6 @@
  * Without one (in-memory), a write is applied at once.
  */
 import { assert } from "../lib/assert.ts";
-import { StorageFullError } from "../lib/errors.ts";
 import type { Logger } from "../lib/log.ts";
 import { limits } from "../lib/limits.ts";
 import { utf8Length } from "../lib/utf8.ts";
@@ -132,8 +131,6 @@ export class Leader {
   }
 
   private propose(key: string, value: string | null): number {
-    // Refused before it takes a sequence: the followers must be able to apply whatever is accepted.
-    if (value !== null && !this.o.store.hasRoom(this.pending.length)) throw new StorageFullError(`Cannot write "${key.slice(0, 64)}": the store is full (its most buffers of keys and values)`);
     const seq = ++this.seq;
     const { group, term } = this.o;
     if (!this.o.wal) {

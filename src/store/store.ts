@@ -13,9 +13,8 @@
  *   buffer of its own). An entry is a 24-byte header (hash, room, version, key and value lengths)
  *   and the key's and the value's characters: one byte each when the string is ASCII, else its
  *   UTF-16 code units, two bytes each. Every JS string is kept exactly, lone surrogates included.
- * - The index is an open-addressing hash table in one Int32Array (linear probing, [hash, ref]
- *   pairs, ref packing the buffer number and the offset; deletes close their gap by backward shift,
- *   so there are no index tombstones).
+ * - The index is an open-addressing hash table in one Int32Array (linear probing, [hash, buffer + 1,
+ *   offset] triples; deletes close their gap by backward shift, so there are no index tombstones).
  *   Growing it copies integers and rehashes nothing.
  * - An overwrite that fits the entry's room (its bytes rounded up to 8) is written in place; a larger
  *   one, or one that would leave empty more than its own size and more than 1 KiB, is appended
@@ -29,7 +28,6 @@
  * Tombstones are rare and live in a plain Map.
  */
 import { assert } from "../lib/assert.ts";
-import { StorageFullError } from "../lib/errors.ts";
 
 export interface Entry {
   readonly value: string;
@@ -59,21 +57,6 @@ const WIDE = 0x8000_0000;
 const LENGTH = 0x7fff_ffff;
 /** Grow the table when it would be fuller than this. */
 const LOAD_MAX = 0.7;
-/**
- * A table place is two int32s: the key's hash, and a reference to its entry, (buffer number + 1)
- * << 17 | (offset / 8) (entries start 8-aligned in buffers of 1 MiB; an entry with a buffer of its
- * own is at 0). Eight bytes a place, not twelve: at a million keys the table is 16 MiB, not 24
- * (a dependent random read of it alone took 50-61 against 96-112 ns here; inserts of 2M keys
- * 343-345 against 367-396 ns each).
- */
-const OFFSET_BITS = 17;
-/** Buffers the store can number: (n + 1) << 17 must stay a positive int32. 16 GiB of 1 MiB buffers. */
-export const STORE_BUFFERS_MAX = (1 << (31 - OFFSET_BITS)) - 1;
-/** Buffers kept in reserve below the most: a leader stops taking values this far from it. */
-const ROOM_MARGIN_BUFFERS = 64;
-const refOf = (n: number, at: number): number => ((n + 1) << OFFSET_BITS) | (at >>> 3);
-const chunkOf = (ref: number): number => (ref >>> OFFSET_BITS) - 1;
-const offsetOf = (ref: number): number => (ref & ((1 << OFFSET_BITS) - 1)) << 3;
 /** A table place whose entry is being rewritten: occupied, but pointing at no buffer. */
 const MOVING = -1;
 /** A place of the old table (while the table is resized) whose entry moved to the new one, or was deleted: probes go on past it. */
@@ -156,8 +139,6 @@ export interface StoreOptions {
   hash?: (key: string, seed: number) => number;
   /** Initial table capacity (a power of two). */
   capacity?: number;
-  /** Most buffers (STORE_BUFFERS_MAX, and no more; tests make it small to reach it). */
-  buffersMax?: number;
   /** Old-table places moved per write while resizing (tests make it small, so that resizes stay in progress). */
   migrateStep?: number;
 }
@@ -165,7 +146,7 @@ export interface StoreOptions {
 export class Store {
   private readonly seed: number;
   private readonly hash: (key: string, seed: number) => number;
-  /** [hash, ref] pairs (refOf); a ref of 0 marks an empty place. */
+  /** [hash, chunk + 1, offset] triples; chunk + 1 = 0 marks an empty place. */
   private table: Int32Array;
   private mask: number;
   /**
@@ -178,7 +159,6 @@ export class Store {
   private oldMask = 0;
   private migrated = 0;
   private readonly migrateStep: number;
-  private readonly buffersMax: number;
   /** The table in which the last `locate` or `positionOf` found its entry. */
   private foundIn!: Int32Array;
   private count = 0;
@@ -208,19 +188,9 @@ export class Store {
     this.hash = o.hash ?? hashKey;
     const capacity = Math.max(CAPACITY_MIN, o.capacity ?? CAPACITY_MIN);
     assert((capacity & (capacity - 1)) === 0, "store capacity must be a power of two");
-    this.table = new Int32Array(2 * capacity);
+    this.table = new Int32Array(3 * capacity);
     this.mask = capacity - 1;
     this.migrateStep = o.migrateStep ?? MIGRATE_STEP;
-    this.buffersMax = Math.min(STORE_BUFFERS_MAX, o.buffersMax ?? STORE_BUFFERS_MAX);
-  }
-
-  /**
-   * Whether the store can take a new value with room to spare, `pending` values (accepted, not
-   * yet written) counted as a buffer each: a leader asks before it accepts a write, so that it and
-   * its replicas, which must apply what it accepted, never reach the hard limit.
-   */
-  hasRoom(pending = 0): boolean {
-    return this.chunks.length - this.freeChunks.length + pending < this.buffersMax - ROOM_MARGIN_BUFFERS;
   }
 
   /** Number of live keys. */
@@ -277,9 +247,9 @@ export class Store {
   /** Position of `key` (whose hash is `h`) in table `t`, or -1 - (the empty position where it would go). */
   private probe(t: Int32Array, mask: number, key: string, h: number): number {
     for (let p = h & mask; ; p = (p + 1) & mask) {
-      const r = t[2 * p + 1]!;
-      if (r === 0) return -1 - p;
-      if (r > 0 && t[2 * p] === h && this.holds(this.chunks[chunkOf(r)]!, offsetOf(r), key)) return p;
+      const c = t[3 * p + 1]!;
+      if (c === 0) return -1 - p;
+      if (c > 0 && t[3 * p] === h && this.holds(this.chunks[c - 1]!, t[3 * p + 2]!, key)) return p;
     }
   }
 
@@ -303,11 +273,11 @@ export class Store {
     const from = this.srcKeyAt;
     const n = this.srcKeyBytes;
     for (let p = h & mask; ; p = (p + 1) & mask) {
-      const r = t[2 * p + 1]!;
-      if (r === 0) return -1 - p;
-      if (r <= 0 || t[2 * p] !== h) continue;
-      const c = this.chunks[chunkOf(r)]!;
-      const at = offsetOf(r);
+      const ci = t[3 * p + 1]!;
+      if (ci === 0) return -1 - p;
+      if (ci <= 0 || t[3 * p] !== h) continue;
+      const c = this.chunks[ci - 1]!;
+      const at = t[3 * p + 2]!;
       if (c.u32[(at >>> 2) + W_KEY] !== n) continue; // also unequal when stored WIDE
       const b = c.buf;
       let k = 0;
@@ -330,11 +300,10 @@ export class Store {
   /** Position pointing at the entry at `at` of chunk `n` (whose hash is `h`), in `foundIn`; or -1 if none does (garbage). */
   private positionOf(h: number, n: number, at: number): number {
     for (let t: Int32Array | null = this.table, mask = this.mask; t !== null; t = t === this.old ? null : this.old, mask = this.oldMask) {
-      const ref = refOf(n, at);
       for (let p = h & mask; ; p = (p + 1) & mask) {
-        const r = t[2 * p + 1]!;
-        if (r === 0) break;
-        if (r === ref) {
+        const c = t[3 * p + 1]!;
+        if (c === 0) break;
+        if (c === n + 1 && t[3 * p + 2] === at) {
           this.foundIn = t;
           return p;
         }
@@ -348,9 +317,8 @@ export class Store {
     const p = this.locate(key, this.hashOf(key));
     if (p < 0) return undefined;
     const t = this.foundIn;
-    const r = t[2 * p + 1]!;
-    const c = this.chunks[chunkOf(r)]!;
-    const at = offsetOf(r);
+    const c = this.chunks[t[3 * p + 1]! - 1]!;
+    const at = t[3 * p + 2]!;
     const value = readString(c.buf, at + HEADER + bytesOf(c.u32[(at >>> 2) + W_KEY]!), c.u32[(at >>> 2) + W_VALUE]!);
     return { value, version: c.f64[(at >>> 3) + D_VERSION]! };
   }
@@ -359,10 +327,7 @@ export class Store {
   versionOf(key: string): number {
     const p = this.locate(key, this.hashOf(key));
     const t = this.foundIn;
-    if (p >= 0) {
-      const r = t[2 * p + 1]!;
-      return this.chunks[chunkOf(r)]!.f64[(offsetOf(r) >>> 3) + D_VERSION]!;
-    }
+    if (p >= 0) return this.chunks[t[3 * p + 1]! - 1]!.f64[(t[3 * p + 2]! >>> 3) + D_VERSION]!;
     return this.dead.get(key) ?? 0;
   }
 
@@ -403,14 +368,10 @@ export class Store {
    * from `key` if it is needed (a new key).
    */
   private put(p: number, h: number, key: string | null, keyField: number, value: string | null, valueField: number, version: number): boolean {
-    // A write may start up to three buffers (compactions, a new head, a buffer of its own): refuse
-    // it before changing anything when the numbering could run out.
-    if (this.chunks.length > this.buffersMax - 4 && this.freeChunks.length < 4)
-      throw new StorageFullError(`Cannot write: the store holds its most buffers (${this.buffersMax} of up to 1 MiB; values over 256 KiB take one each)`);
     if (p >= 0) {
       const t = this.foundIn;
-      const n = chunkOf(t[2 * p + 1]!);
-      const at = offsetOf(t[2 * p + 1]!);
+      const n = t[3 * p + 1]! - 1;
+      const at = t[3 * p + 2]!;
       const c = this.chunks[n]!;
       if (c.f64[(at >>> 3) + D_VERSION]! >= version) return false;
       keyField = c.u32[(at >>> 2) + W_KEY]!;
@@ -430,13 +391,14 @@ export class Store {
       // compacted, never written to again). Meanwhile the table points nowhere (MOVING keeps
       // probes going), so that compaction, of the old buffer or of the old head, does not copy
       // the old entry.
-      t[2 * p + 1] = MOVING;
+      t[3 * p + 1] = MOVING;
       this.release(n, at);
       // An entry leaving a buffer of its own (newer than the head) for the head moves behind a
       // keys() walk that is between the two: the walk counts these and goes round again.
       if (c.single && HEADER + align8(need) <= LARGE_BYTES) this.movedBack++;
       const to = this.append(h, keyField, c.buf, at + HEADER, null, value, valueField, version);
-      t[2 * p + 1] = refOf(this.appended, to);
+      t[3 * p + 1] = this.appended + 1;
+      t[3 * p + 2] = to;
       return true;
     }
     if (this.dead.size > 0) {
@@ -454,8 +416,9 @@ export class Store {
     }
     const to = this.append(h, keyField, this.src, this.srcKeyAt, key, value, valueField, version);
     p = -1 - p;
-    this.table[2 * p] = h;
-    this.table[2 * p + 1] = refOf(this.appended, to);
+    this.table[3 * p] = h;
+    this.table[3 * p + 1] = this.appended + 1;
+    this.table[3 * p + 2] = to;
     this.count++;
     return true;
   }
@@ -554,7 +517,8 @@ export class Store {
       d.u32[(to >>> 2) + W_ROOM] = size - HEADER;
       d.used += size;
       d.live += size;
-      t[2 * p + 1] = refOf(m, to);
+      t[3 * p + 1] = m + 1;
+      t[3 * p + 2] = to;
     }
     this.dropChunk(n);
   }
@@ -568,7 +532,7 @@ export class Store {
     this.old = this.table;
     this.oldMask = this.mask;
     this.migrated = 0;
-    this.table = new Int32Array(2 * capacity);
+    this.table = new Int32Array(3 * capacity);
     this.mask = capacity - 1;
     this.step(this.migrateStep);
   }
@@ -581,14 +545,15 @@ export class Store {
     const end = Math.min(this.oldMask + 1, this.migrated + places);
     let i = this.migrated;
     for (; i < end; i++) {
-      const r = old[2 * i + 1]!;
-      if (r <= 0) continue;
-      const h = old[2 * i]!;
+      const c = old[3 * i + 1]!;
+      if (c <= 0) continue;
+      const h = old[3 * i]!;
       let p = h & mask;
-      while (t[2 * p + 1] !== 0) p = (p + 1) & mask;
-      t[2 * p] = h;
-      t[2 * p + 1] = r;
-      old[2 * i + 1] = GONE;
+      while (t[3 * p + 1] !== 0) p = (p + 1) & mask;
+      t[3 * p] = h;
+      t[3 * p + 1] = c;
+      t[3 * p + 2] = old[3 * i + 2]!;
+      old[3 * i + 1] = GONE;
     }
     this.migrated = i;
     if (i > this.oldMask) this.old = null;
@@ -596,28 +561,30 @@ export class Store {
 
   /** Take the entry at position `p` of `t` out: close the gap (backward shift), then release its bytes. */
   private removeAt(t: Int32Array, p: number): void {
-    const n = chunkOf(t[2 * p + 1]!);
-    const at = offsetOf(t[2 * p + 1]!);
+    const n = t[3 * p + 1]! - 1;
+    const at = t[3 * p + 2]!;
     this.count--;
     if (t === this.old) {
       // The old table only empties: a mark keeps the probe paths through this place.
-      t[2 * p + 1] = GONE;
+      t[3 * p + 1] = GONE;
       this.release(n, at);
       return;
     }
     const mask = this.mask;
     let hole = p;
-    for (let q = (p + 1) & mask; t[2 * q + 1] !== 0; q = (q + 1) & mask) {
-      const home = t[2 * q]! & mask;
+    for (let q = (p + 1) & mask; t[3 * q + 1] !== 0; q = (q + 1) & mask) {
+      const home = t[3 * q]! & mask;
       // Move q into the hole when the hole lies on q's probe path (from its home to q).
       if (((q - home) & mask) >= ((q - hole) & mask)) {
-        t[2 * hole] = t[2 * q]!;
-        t[2 * hole + 1] = t[2 * q + 1]!;
+        t[3 * hole] = t[3 * q]!;
+        t[3 * hole + 1] = t[3 * q + 1]!;
+        t[3 * hole + 2] = t[3 * q + 2]!;
         hole = q;
       }
     }
-    t[2 * hole] = 0;
-    t[2 * hole + 1] = 0;
+    t[3 * hole] = 0;
+    t[3 * hole + 1] = 0;
+    t[3 * hole + 2] = 0;
     // Give memory back after mass deletes: halve the table below a quarter of the growth load.
     if (this.old === null && this.mask + 1 > CAPACITY_MIN && this.count < (LOAD_MAX / 4) * (this.mask + 1)) this.resize((this.mask + 1) / 2);
     this.release(n, at);
@@ -629,8 +596,8 @@ export class Store {
     const p = this.locate(key, this.hashOf(key));
     if (p >= 0) {
       const t = this.foundIn;
-      const r = t[2 * p + 1]!;
-      if (this.chunks[chunkOf(r)]!.f64[(offsetOf(r) >>> 3) + D_VERSION]! >= version) return false;
+      const c = this.chunks[t[3 * p + 1]! - 1]!;
+      if (c.f64[(t[3 * p + 2]! >>> 3) + D_VERSION]! >= version) return false;
       this.removeAt(t, p);
     } else {
       const deletedAt = this.dead.get(key);
@@ -719,11 +686,11 @@ export class Store {
     return {
       length: this.count,
       *[Symbol.iterator]() {
-        for (let p = 0; p < table.length; p += 2) {
-          const r = table[p + 1]!;
-          if (r <= 0) continue;
-          const b = bufs[chunkOf(r)]!;
-          const at = offsetOf(r);
+        for (let p = 0; p < table.length; p += 3) {
+          const n = table[p + 1]!;
+          if (n === 0) continue;
+          const b = bufs[n - 1]!;
+          const at = table[p + 2]!;
           const keyField = b.readUInt32LE(at + 4 * W_KEY);
           const key = readString(b, at + HEADER, keyField);
           const value = readString(b, at + HEADER + bytesOf(keyField), b.readUInt32LE(at + 4 * W_VALUE));
@@ -735,7 +702,7 @@ export class Store {
 
   /** A new, empty store with this one's hash, seed and options (to stage a full transfer in). */
   emptyLike(): Store {
-    return new Store({ seed: this.seed, hash: this.hash, migrateStep: this.migrateStep, buffersMax: this.buffersMax });
+    return new Store({ seed: this.seed, hash: this.hash, migrateStep: this.migrateStep });
   }
 
   /** Take over the whole content of `other` (a staged full transfer), which is left empty. */
@@ -760,7 +727,7 @@ export class Store {
 
   /** Replace the whole content (a full state transfer). */
   replaceAll(entries: Iterable<readonly [string, string, number]>): void {
-    this.table = new Int32Array(2 * CAPACITY_MIN);
+    this.table = new Int32Array(3 * CAPACITY_MIN);
     this.mask = CAPACITY_MIN - 1;
     this.old = null;
     this.count = 0;

@@ -1,7 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { AssertionError } from "../../src/lib/assert.ts";
-import { StorageFullError } from "../../src/lib/errors.ts";
 import { frameBytesMax, limits } from "../../src/lib/limits.ts";
 import { silentLogger } from "../../src/lib/log.ts";
 import { FrameReader, FrameType, WelcomeMode, decodeFrame, encodeFrame, putFrameOf, type Frame } from "../../src/protocol/frame.ts";
@@ -656,22 +655,6 @@ describe("Follower", () => {
     expect(logged).toEqual(frames.slice(1, 6).map((x) => [x.seq, Buffer.from(encodeFrame(x))]));
   });
 
-  test("an entry its store cannot take (full) closes the link with a reason instead of throwing, and is not counted applied", () => {
-    const store = new Store({ buffersMax: 6 });
-    const f = new Follower(store, GROUP, CLUSTER, "f1");
-    f.onFrame(welcome(WelcomeMode.Tail, 0));
-    const big = "b".repeat(300_000); // a buffer each
-    let err: string | undefined;
-    let seq = 0;
-    while (err === undefined && seq < 50) err = f.onFrame(put(++seq, `big${seq}`, big));
-    expect(err).toMatch(new RegExp(`cannot apply the entry at ${seq}: .*most buffers`));
-    expect(f.applied).toBe(seq - 1);
-    // Bytes as the node reads them take the same path.
-    const read = new FrameReader(LINK_FRAME_MAX).push(encodeFrame(put(seq, "again", big)), true);
-    expect(f.onFrame(read.frames[0]!)).toMatch(/cannot apply the entry/);
-    expect(f.applied).toBe(seq - 1);
-  });
-
   test("refuses frames of another group and reports a leader's error", () => {
     const { f } = fresh();
     expect(f.onFrame({ type: FrameType.Ping, group: GROUP + 1, term: 1, seq: 0 })).toMatch(/group/);
@@ -690,31 +673,6 @@ describe("Follower", () => {
 });
 
 // --- Leader, frame by frame --------------------------------------------------------------------
-
-describe("Leader", () => {
-  test("refuses a write with StorageFullError before it takes a sequence when its store has no room", () => {
-    const store = new Store({ buffersMax: 70 }); // room while fewer than 70 - 64 buffers are used
-    const leader = new Leader({ store, group: GROUP, term: 1, historyId: HISTORY_ID, cluster: CLUSTER, historyEntries: 1000, now: () => 0, log: silentLogger, schedule: () => {} });
-    const big = "b".repeat(300_000); // a buffer each
-    let accepted = 0;
-    let err: unknown = null;
-    try {
-      for (let i = 0; i < 20; i++) {
-        leader.set(`big${i}`, big);
-        accepted++;
-      }
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(StorageFullError);
-    expect(accepted).toBeGreaterThan(2);
-    expect(leader.head).toBe(accepted);
-    expect(store.size).toBe(accepted);
-    // A delete needs no room, and frees some: writes are taken again, in sequence.
-    expect(leader.delete("big0").seq).toBe(accepted + 1);
-    expect(leader.set("small", "s")).toBe(accepted + 2);
-  });
-});
 
 describe("Leader handshake", () => {
   const hello = (p: Partial<Extract<Frame, { type: 1 }>> = {}): Frame => ({
