@@ -32,7 +32,7 @@ export interface Scan {
   end: ScanEnd;
 }
 
-/** Where a log stands: its group, and the sequence of its last good record (or the one before its first). */
+/** Where a log stands: its group, and the sequence of its last good record (or one below any of its records). */
 export interface LogPosition {
   group: number;
   seq: number;
@@ -74,7 +74,7 @@ export function recordRunsPastEnd(bytes: Uint8Array, off: number, frameBytesMax:
  * a checksum mismatch) is a torn tail only when no valid record starts anywhere after it: that
  * is what a crash leaves. Otherwise it is corruption, even when its damaged length field makes it
  * look like the tail, so recovery never cuts good records off. For a log, `after` says where it
- * starts (its group, the sequence before its first record): a record found after a bad one then
+ * starts (its group, and a sequence below any of its records): a record found after a bad one then
  * counts only if it could come next in that log (same group, a later sequence than the last good
  * record), so a torn record whose value holds an old record's bytes is still a torn tail. Never throws (unless `onFrame`
  * does). With `onFrame`, each frame goes to it as it is read instead of into `frames` (a

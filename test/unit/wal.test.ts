@@ -341,6 +341,19 @@ describe("recover", () => {
     expect(String(recoveryError(dir))).toMatch(/corrupt at offset/);
   });
 
+  test("damage in the first record of a segment holding sequences below its name is corruption, never a torn tail (found by review)", () => {
+    // A follower may roll to a segment named after its applied sequence while earlier entries are
+    // still queued for the log: wal-<N+1> can begin with entries 1..N. Records after a damaged
+    // first one must not be cut because their sequences are below the segment's name.
+    const dir = dataDir();
+    const path = join(dir, walName(H, N + 1));
+    writeFileSync(path, flipBit(log, 20 * 8)); // inside the first record
+    const err = String(recoveryError(dir));
+    expect(err).toContain(path);
+    expect(err).toMatch(/corrupt at offset 0/);
+    expect(fileSize(path)).toBe(log.length);
+  });
+
   test("a log cut at EVERY byte offset inside its last 3 records recovers the whole records and cuts the file back to them", () => {
     const dir = dataDir();
     const path = join(dir, walName(H, 1));
