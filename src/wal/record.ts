@@ -32,26 +32,14 @@ export interface Scan {
   end: ScanEnd;
 }
 
-/** Where a log stands: its group, and the sequence of its last good record (or one below any of its records). */
-export interface LogPosition {
-  group: number;
-  seq: number;
-}
-
-const u32At = (b: Uint8Array, at: number) => ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
-
-/**
- * True when a whole, valid record starts at some offset in [from, end of bytes). With `after`,
- * only a record that could follow it in a log counts (its group, a later sequence): a client's
- * value holding the bytes of an old record is then not taken for one.
- */
-function validRecordAfter(bytes: Uint8Array, from: number, frameBytesMax: number, after?: LogPosition): boolean {
+/** True when a whole, valid record starts at some offset in [from, end of bytes). */
+function validRecordAfter(bytes: Uint8Array, from: number, frameBytesMax: number): boolean {
   for (let off = from; off + 8 + FRAME_HEADER_BYTES - 4 <= bytes.length; off++) {
-    const len = u32At(bytes, off + 4);
+    const len = ((bytes[off + 4]! << 24) | (bytes[off + 5]! << 16) | (bytes[off + 6]! << 8) | bytes[off + 7]!) >>> 0;
     if (len < FRAME_HEADER_BYTES - 4 || len > frameBytesMax || off + 8 + len > bytes.length) continue;
     if (bytes[off + 8] !== PROTOCOL_VERSION) continue;
-    if (after && (u32At(bytes, off + 10) !== after.group || u32At(bytes, off + 22) * 2 ** 32 + u32At(bytes, off + 26) <= after.seq)) continue;
-    if (crc32(bytes, off + 4, off + 8 + len) === u32At(bytes, off)) return true;
+    const sum = ((bytes[off]! << 24) | (bytes[off + 1]! << 16) | (bytes[off + 2]! << 8) | bytes[off + 3]!) >>> 0;
+    if (crc32(bytes, off + 4, off + 8 + len) === sum) return true;
   }
   return false;
 }
@@ -73,21 +61,17 @@ export function recordRunsPastEnd(bytes: Uint8Array, off: number, frameBytesMax:
  * Read every record in `bytes`. A bad record (cut short, a length beyond the file or the limit,
  * a checksum mismatch) is a torn tail only when no valid record starts anywhere after it: that
  * is what a crash leaves. Otherwise it is corruption, even when its damaged length field makes it
- * look like the tail, so recovery never cuts good records off. For a log, `after` says where it
- * starts (its group, and a sequence below any of its records): a record found after a bad one then
- * counts only if it could come next in that log (same group, a later sequence than the last good
- * record), so a torn record whose value holds an old record's bytes is still a torn tail. Never throws (unless `onFrame`
+ * look like the tail, so recovery never cuts good records off. Never throws (unless `onFrame`
  * does). With `onFrame`, each frame goes to it as it is read instead of into `frames` (a
  * snapshot's entries are then not all held at once).
  */
-export function scanRecords(bytes: Uint8Array, frameBytesMax: number, onFrame?: (f: Frame) => void, after?: LogPosition): Scan {
+export function scanRecords(bytes: Uint8Array, frameBytesMax: number, onFrame?: (f: Frame) => void): Scan {
   const frames: Frame[] = [];
   let off = 0;
-  let last = after;
   while (off < bytes.length) {
     const rest = bytes.length - off;
     const bad = (why: string): Scan =>
-      validRecordAfter(bytes, off + 1, frameBytesMax, last)
+      validRecordAfter(bytes, off + 1, frameBytesMax)
         ? { frames, validBytes: off, end: { kind: "corrupt", offset: off, why: `${why}, and valid records follow it` } }
         : { frames, validBytes: off, end: { kind: "torn", offset: off, bytes: rest, why } };
     if (rest < 8) return bad("record header cut short");
@@ -101,7 +85,6 @@ export function scanRecords(bytes: Uint8Array, frameBytesMax: number, onFrame?: 
     if (!d.ok) return { frames, validBytes: off, end: { kind: "corrupt", offset: off, why: `checksum matches but the frame does not decode: ${d.reason}` } };
     if (onFrame) onFrame(d.frame);
     else frames.push(d.frame);
-    if (last) last = { group: last.group, seq: d.frame.seq };
     off = end;
   }
   return { frames, validBytes: off, end: { kind: "clean" } };

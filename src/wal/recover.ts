@@ -108,7 +108,7 @@ export function recover(store: Store, o: RecoveryOptions): Recovered {
       term = f.term;
       replayed++;
       o.onEntry?.(f.seq, f.term, encodeFrame(f));
-    }, { group: o.group, seq: -1 }); // not the segment's name: a follower's segment may start below it
+    });
     if (scan.end.kind === "corrupt") throw new RecoveryError(`log ${path} is corrupt at offset ${scan.end.offset}: ${scan.end.why}`);
     if (scan.end.kind === "torn") {
       if (!last) throw new RecoveryError(`log ${path} is cut short at offset ${scan.end.offset} (${scan.end.why}) but is not the last segment`);
