@@ -175,8 +175,6 @@ export class Store {
   /** Tombstones in version order, for purging. */
   private tombstones: { key: string; version: number }[] = [];
   private tombstoneHead = 0;
-  /** Entries moved so far from a buffer of their own to the head (behind a keys() walk between them). */
-  private movedBack = 0;
   /** setAscii's key and value, in the bytes of `src`, while it runs. */
   private src: Buffer | null = null;
   private srcKeyAt = 0;
@@ -393,10 +391,9 @@ export class Store {
       // the old entry.
       t[3 * p + 1] = MOVING;
       this.release(n, at);
-      // An entry leaving a buffer of its own (newer than the head) for the head moves behind a
-      // keys() walk that is between the two: the walk counts these and goes round again.
-      if (c.single && HEADER + align8(need) <= LARGE_BYTES) this.movedBack++;
-      const to = this.append(h, keyField, c.buf, at + HEADER, null, value, valueField, version);
+      // An entry leaving a buffer of its own goes to a new buffer of its own, whatever its size:
+      // the head is older, and a keys() walk between the two would never see it there.
+      const to = this.append(h, keyField, c.buf, at + HEADER, null, value, valueField, version, c.single);
       t[3 * p + 1] = this.appended + 1;
       t[3 * p + 2] = to;
       return true;
@@ -432,13 +429,16 @@ export class Store {
   /**
    * Write an entry into the arena; returns its offset, in chunk `this.appended`. The key is `key`,
    * or when null, bytes of `keyFrom` at `keyAt` already in stored form (an old entry's, or ASCII).
+   * With `own` (an entry that had a buffer of its own), it gets one again, however small: moved to
+   * the head, which is older, it would fall behind a keys() walk between the two. (Such an entry
+   * keeps a small buffer of its own until it is deleted: a few hundred bytes of objects.)
    */
-  private append(h: number, keyField: number, keyFrom: Buffer | null, keyAt: number, key: string | null, value: string | null, valueField: number, version: number): number {
+  private append(h: number, keyField: number, keyFrom: Buffer | null, keyAt: number, key: string | null, value: string | null, valueField: number, version: number, own = false): number {
     const keyBytes = bytesOf(keyField);
     const room = align8(keyBytes + bytesOf(valueField));
     const size = HEADER + room;
     let n: number;
-    if (size > LARGE_BYTES) {
+    if (own || size > LARGE_BYTES) {
       n = this.newChunk(size, true);
     } else {
       n = this.head;
@@ -633,7 +633,6 @@ export class Store {
   private *live(): Generator<[Chunk, number]> {
     let epoch = -1;
     let list = this.chunks;
-    let movedBack = this.movedBack;
     for (;;) {
       // The whole content was replaced (adopt, replaceAll): walk the new one from its start.
       if (this.chunks !== list) {
@@ -645,15 +644,7 @@ export class Store {
         const c = this.chunks[m];
         if (c !== undefined && c.epoch > epoch && (n < 0 || c.epoch < this.chunks[n]!.epoch)) n = m;
       }
-      if (n < 0) {
-        // Entries moved from a newer buffer to an older one meanwhile (a large value overwritten
-        // by a small one) may lie behind the walk: go round once more (rare: it takes a write of
-        // a value over 256 KiB, then a small one to the same key, during the walk).
-        if (this.movedBack === movedBack) return;
-        movedBack = this.movedBack;
-        epoch = -1;
-        continue;
-      }
+      if (n < 0) return;
       const c = this.chunks[n]!;
       epoch = c.epoch;
       // c.used grows while c is the head; the walk stops if c is compacted away meanwhile.
@@ -666,9 +657,8 @@ export class Store {
   /**
    * Live keys, oldest first. Safe while the store changes: a key live throughout the iteration is
    * visited at least once, twice if it was moved meanwhile from a place already passed (compacted,
-   * or overwritten by a larger value, or the whole content replaced), or if a large value was
-   * overwritten by a small one meanwhile (the walk then goes round again); a key written or
-   * deleted meanwhile may be missed or seen twice.
+   * or overwritten by a larger value, or the whole content replaced); a key written or deleted
+   * meanwhile may be missed or seen twice.
    */
   *keys(): IterableIterator<string> {
     for (const [c, at] of this.live()) yield readString(c.buf, at + HEADER, c.u32[(at >>> 2) + W_KEY]!);
