@@ -90,7 +90,7 @@ export interface PutBytes extends Header {
 }
 
 /** The Put frame a PutBytes stands for, with its key and value as strings. */
-export function putFrameOf(p: PutBytes): Frame {
+export function putFrameOf(p: PutBytes): Extract<Frame, { type: typeof FrameType.Put }> {
   const b = p.buf as Buffer & { utf8Slice(start: number, end: number): string };
   return { type: FrameType.Put, group: p.group, term: p.term, seq: p.seq, key: b.utf8Slice(p.keyAt, p.keyAt + p.keyBytes), value: b.utf8Slice(p.valueAt, p.valueAt + p.valueBytes) };
 }

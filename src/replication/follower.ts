@@ -85,17 +85,6 @@ export class Follower {
     if (f.group !== this.group) return `frame for group ${f.group}, this follower is in group ${this.group}`;
     if (f.seq > this.leaderHead && f.type !== FrameType.Hello) this.leaderHead = f.seq;
     switch (f.type) {
-      case "put-bytes": {
-        const err = this.checkEntry(f.seq);
-        if (err !== undefined) return err === "" ? undefined : err;
-        // An ASCII key and value go into the store as they are; others are decoded first.
-        if (this.store.setAscii(f.buf, f.keyAt, f.keyBytes, f.valueAt, f.valueBytes, f.seq) === undefined) {
-          const p = putFrameOf(f) as Frame & { type: typeof FrameType.Put };
-          this.store.set(p.key, p.value, f.seq);
-        }
-        this.entryApplied(f.seq, f.term, this.hooks.onEntry ? f.buf.subarray(f.start, f.end) : undefined);
-        return undefined;
-      }
       case FrameType.Welcome:
         this.welcomed = true;
         if (f.mode === WelcomeMode.Tail) {
@@ -136,13 +125,29 @@ export class Follower {
         this.hooks.onHistory?.(s.historyId, s.seq, f.term, "snapshot");
         return undefined;
       }
+      case "put-bytes":
       case FrameType.Put:
       case FrameType.Delete: {
-        const err = this.checkEntry(f.seq);
-        if (err !== undefined) return err === "" ? undefined : err;
-        if (f.type === FrameType.Put) this.store.set(f.key, f.value, f.seq);
-        else this.store.delete(f.key, f.seq);
-        this.entryApplied(f.seq, f.term, this.hooks.onEntry ? encodeFrame(f) : undefined);
+        if (!this.welcomed || this.staging) return "entry before the follower was in sync";
+        if (f.seq <= this.applied) return undefined; // already have it
+        if (f.seq !== this.applied + 1) return `gap in the stream: expected ${this.applied + 1}, got ${f.seq}`;
+        let frame: Uint8Array | undefined;
+        if (f.type === "put-bytes") {
+          // An ASCII key and value go into the store as they are; others are decoded first.
+          if (this.store.setAscii(f.buf, f.keyAt, f.keyBytes, f.valueAt, f.valueBytes, f.seq) === undefined) {
+            const p = putFrameOf(f);
+            this.store.set(p.key, p.value, f.seq);
+          }
+          if (this.hooks.onEntry) frame = f.buf.subarray(f.start, f.end);
+        } else {
+          if (f.type === FrameType.Put) this.store.set(f.key, f.value, f.seq);
+          else this.store.delete(f.key, f.seq);
+          if (this.hooks.onEntry) frame = encodeFrame(f);
+        }
+        this.applied = f.seq;
+        this.term = f.term;
+        this.stats.applied++;
+        if (frame) this.hooks.onEntry?.(f.seq, frame);
         return undefined;
       }
       case FrameType.Ping:
@@ -152,22 +157,6 @@ export class Follower {
       default:
         return `unexpected frame type ${f.type} from the leader`;
     }
-  }
-
-  /** Whether the entry at `seq` is the next one: undefined when it is, "" when we already have it, else why the link must close. */
-  private checkEntry(seq: number): string | undefined {
-    if (!this.welcomed || this.staging) return "entry before the follower was in sync";
-    if (seq <= this.applied) return "";
-    if (seq !== this.applied + 1) return `gap in the stream: expected ${this.applied + 1}, got ${seq}`;
-    return undefined;
-  }
-
-  /** The entry at `seq` is in the store. */
-  private entryApplied(seq: number, term: number, frame: Uint8Array | undefined): void {
-    this.applied = seq;
-    this.term = term;
-    this.stats.applied++;
-    if (frame) this.hooks.onEntry?.(seq, frame);
   }
 
   /** Tombstones older than a leader's history can hold are never needed again. */

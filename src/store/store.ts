@@ -89,17 +89,18 @@ interface Chunk {
 export function hashKey(key: string, seed: number): number {
   let h = (0x811c9dc5 ^ seed) | 0;
   for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  return h ^ (h >>> 16);
+  return finalise(h);
 }
 
 /** hashKey of the ASCII key in bytes [at, at + n) of `b`: the same number as of the string. */
 function hashAscii(b: Buffer, at: number, n: number, seed: number): number {
   let h = (0x811c9dc5 ^ seed) | 0;
   for (let i = at; i < at + n; i++) h = Math.imul(h ^ b[i]!, 0x01000193);
+  return finalise(h);
+}
+
+/** murmur3's 32-bit finaliser. */
+function finalise(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;

@@ -32,13 +32,16 @@ export interface Scan {
   end: ScanEnd;
 }
 
+/** The big-endian u32 at `at` (a record's checksum at 0, its frame's length at 4). */
+const u32At = (b: Uint8Array, at: number): number => ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+
 /** True when a whole, valid record starts at some offset in [from, end of bytes). */
 function validRecordAfter(bytes: Uint8Array, from: number, frameBytesMax: number): boolean {
   for (let off = from; off + 8 + FRAME_HEADER_BYTES - 4 <= bytes.length; off++) {
-    const len = ((bytes[off + 4]! << 24) | (bytes[off + 5]! << 16) | (bytes[off + 6]! << 8) | bytes[off + 7]!) >>> 0;
+    const len = u32At(bytes, off + 4);
     if (len < FRAME_HEADER_BYTES - 4 || len > frameBytesMax || off + 8 + len > bytes.length) continue;
     if (bytes[off + 8] !== PROTOCOL_VERSION) continue;
-    const sum = ((bytes[off]! << 24) | (bytes[off + 1]! << 16) | (bytes[off + 2]! << 8) | bytes[off + 3]!) >>> 0;
+    const sum = u32At(bytes, off);
     if (crc32(bytes, off + 4, off + 8 + len) === sum) return true;
   }
   return false;
@@ -53,7 +56,7 @@ function validRecordAfter(bytes: Uint8Array, from: number, frameBytesMax: number
 export function recordRunsPastEnd(bytes: Uint8Array, off: number, frameBytesMax: number): boolean {
   const rest = bytes.length - off;
   if (rest < 8) return true;
-  const len = ((bytes[off + 4]! << 24) | (bytes[off + 5]! << 16) | (bytes[off + 6]! << 8) | bytes[off + 7]!) >>> 0;
+  const len = u32At(bytes, off + 4);
   return len <= frameBytesMax && off + 8 + len > bytes.length;
 }
 
@@ -75,8 +78,8 @@ export function scanRecords(bytes: Uint8Array, frameBytesMax: number, onFrame?: 
         ? { frames, validBytes: off, end: { kind: "corrupt", offset: off, why: `${why}, and valid records follow it` } }
         : { frames, validBytes: off, end: { kind: "torn", offset: off, bytes: rest, why } };
     if (rest < 8) return bad("record header cut short");
-    const sum = ((bytes[off]! << 24) | (bytes[off + 1]! << 16) | (bytes[off + 2]! << 8) | bytes[off + 3]!) >>> 0;
-    const len = ((bytes[off + 4]! << 24) | (bytes[off + 5]! << 16) | (bytes[off + 6]! << 8) | bytes[off + 7]!) >>> 0;
+    const sum = u32At(bytes, off);
+    const len = u32At(bytes, off + 4);
     const end = off + 8 + len;
     if (len > frameBytesMax) return bad(`record length ${len} over the limit ${frameBytesMax}`);
     if (end > bytes.length) return bad(`record of ${len + 8} bytes cut short at ${rest}`);
