@@ -8,8 +8,12 @@
  *   batch   wait up to `fsyncMs` to gather more records, then flush; answered after the fsync
  *   never   write to the OS without fsync; answered once the OS has the bytes
  *
- * A failed write or fsync fails every queued record, cuts the segment back to its last durable
- * size, and the next append tries again: the node stays up and writes resume once the disk does.
+ * A failed write or fsync fails every queued record and cuts the segment back to its last durable
+ * size: the node stays up and writes resume once the disk does. The failed sequences are used
+ * again, so nothing is written after a failure until that cut has succeeded: a later flush (or
+ * close) tries it first, and fails its own batch while the cut still fails. Otherwise a record
+ * that was refused could sit before an acknowledged one with the same sequence, and recovery,
+ * which keeps the first, would bring back the refused write and drop the acknowledged one.
  */
 import { existsSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
@@ -60,6 +64,8 @@ export class LogWriter {
   private scheduled = false;
   private nextPath: string | null = null;
   private closed = false;
+  /** A failed flush may have left bytes after `segmentBytes` that are not yet cut off. */
+  private tailDirty = false;
   durableSeq: number;
   readonly stats: LogStats = { flushes: 0, records: 0, bytes: 0, failures: 0 };
 
@@ -130,6 +136,9 @@ export class LogWriter {
     this.queue = [];
     this.queuedBytes = 0;
     try {
+      // Cut what an earlier failure left before anything else: also before moving to a new
+      // segment, which would leave those records in the middle of the log.
+      if (this.tailDirty) await this.cutBack();
       if (this.nextPath) {
         const next = await openSegment(this.nextPath);
         await this.fh.close();
@@ -150,10 +159,8 @@ export class LogWriter {
     } catch (e) {
       this.stats.failures++;
       // Whatever part of the batch reached the file must go: the sequences will be reused.
-      try {
-        await this.fh.truncate(this.segmentBytes);
-        await this.fh.datasync();
-      } catch {}
+      this.tailDirty = true;
+      await this.cutBack().catch(() => {});
       // Records queued meanwhile come after the failed ones: they fail too.
       const failedFrom = first;
       this.queue = [];
@@ -165,6 +172,13 @@ export class LogWriter {
     this.kick();
   }
 
+  /** Cut the segment back to its durable size (throws while the disk refuses). */
+  private async cutBack(): Promise<void> {
+    await this.fh.truncate(this.segmentBytes);
+    await this.fh.datasync();
+    this.tailDirty = false;
+  }
+
   get queued(): number {
     return this.queue.length;
   }
@@ -174,6 +188,7 @@ export class LogWriter {
     this.closed = true; // no new flushes scheduled: what is queued is flushed here
     await this.inflight;
     if (this.queue.length > 0) await this.flush();
+    if (this.tailDirty) await this.cutBack().catch(() => {});
     await this.fh.close();
   }
 }
