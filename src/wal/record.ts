@@ -66,9 +66,10 @@ export function recordRunsPastEnd(bytes: Uint8Array, off: number, frameBytesMax:
  * is what a crash leaves. Otherwise it is corruption, even when its damaged length field makes it
  * look like the tail, so recovery never cuts good records off. Never throws (unless `onFrame`
  * does). With `onFrame`, each frame goes to it as it is read instead of into `frames` (a
- * snapshot's entries are then not all held at once).
+ * snapshot's entries are then not all held at once), with the frame's own bytes (a view into
+ * `bytes`, valid while they are).
  */
-export function scanRecords(bytes: Uint8Array, frameBytesMax: number, onFrame?: (f: Frame) => void): Scan {
+export function scanRecords(bytes: Uint8Array, frameBytesMax: number, onFrame?: (f: Frame, frameBytes: Uint8Array) => void): Scan {
   const frames: Frame[] = [];
   let off = 0;
   while (off < bytes.length) {
@@ -86,7 +87,7 @@ export function scanRecords(bytes: Uint8Array, frameBytesMax: number, onFrame?: 
     if (crc32(bytes, off + 4, end) !== sum) return bad("checksum mismatch");
     const d = decodeFrame(bytes, off + 4, frameBytesMax);
     if (!d.ok) return { frames, validBytes: off, end: { kind: "corrupt", offset: off, why: `checksum matches but the frame does not decode: ${d.reason}` } };
-    if (onFrame) onFrame(d.frame);
+    if (onFrame) onFrame(d.frame, bytes.subarray(off + 4, end));
     else frames.push(d.frame);
     off = end;
   }

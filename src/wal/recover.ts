@@ -7,7 +7,7 @@
 import { readFileSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "../lib/log.ts";
-import { type Frame, FrameType, encodeFrame } from "../protocol/frame.ts";
+import { type Frame, FrameType } from "../protocol/frame.ts";
 import type { Store } from "../store/store.ts";
 import { type Identity, ensureDir, listFiles, lockDir, readIdentity, removeFile, walName, writeIdentity } from "./files.ts";
 import { scanRecords } from "./record.ts";
@@ -23,7 +23,10 @@ export interface RecoveryOptions {
   frameBytesMax: number;
   newId: () => string;
   log: Logger;
-  /** Every replayed log entry, in order (a leader rebuilds its catch-up history from them). */
+  /**
+   * Every replayed log entry, in order, with its frame's bytes as logged (a view into the segment
+   * read: copy them to keep them). A leader rebuilds its catch-up history from them.
+   */
   onEntry?: (seq: number, term: number, frame: Uint8Array) => void;
 }
 
@@ -98,7 +101,7 @@ export function recover(store: Store, o: RecoveryOptions): Recovered {
     const bytes = readFileSync(path);
     // Entries are applied as they are read (no array of a whole segment's frames). A segment found
     // corrupt further on still stops the start-up, with the store half-filled but never served.
-    const scan = scanRecords(bytes, o.frameBytesMax, (f) => {
+    const scan = scanRecords(bytes, o.frameBytesMax, (f, frameBytes) => {
       if (f.type !== FrameType.Put && f.type !== FrameType.Delete)
         throw new RecoveryError(`log ${path} holds a frame of type ${f.type} at sequence ${f.seq}`);
       if (f.seq <= seq) return;
@@ -107,7 +110,7 @@ export function recover(store: Store, o: RecoveryOptions): Recovered {
       seq = f.seq;
       term = f.term;
       replayed++;
-      o.onEntry?.(f.seq, f.term, encodeFrame(f));
+      o.onEntry?.(f.seq, f.term, frameBytes);
     });
     if (scan.end.kind === "corrupt") throw new RecoveryError(`log ${path} is corrupt at offset ${scan.end.offset}: ${scan.end.why}`);
     if (scan.end.kind === "torn") {

@@ -163,6 +163,29 @@ describe("restarts in a group", () => {
     expect(lk.body.count).toBe(10_200);
   });
 
+  test("a restarted leader catches a new follower up from the log it replayed, deletes included", async () => {
+    await using c = await TestCluster.create();
+    const dir = c.newDataDir();
+    const first = await c.start({ leader: true, dataDir: dir });
+    for (let i = 0; i < 300; i++) expect((await first.set(`r${i}`, `v${i}-é`)).status).toBe(200);
+    for (let i = 0; i < 300; i += 7) expect((await first.del(`r${i}`)).status).toBe(200);
+    const want = (await first.request("/keys")).body;
+    expect(await first.stop()).toBe(0);
+
+    const leader = await c.start({ leader: true, dataDir: dir });
+    const f = await c.start({});
+    await c.awaitInSync(leader, f);
+    const rep = (await leader.cluster()).replication;
+    expect(rep.full_transfers).toBe(0);
+    expect(rep.tail_catch_ups).toBe(1);
+    expect((await f.request("/keys")).body).toEqual(want);
+    for (const i of [1, 7, 150, 299]) {
+      const r = await f.get(`r${i}`);
+      if (i % 7 === 0) expect(r.status).toBe(404);
+      else expect(r.body.value).toBe(`v${i}-é`);
+    }
+  });
+
   test("stopping every node of a 3-node group and starting them again loses nothing", async () => {
     await using c = await TestCluster.create();
     const dirs = [c.newDataDir(), c.newDataDir(), c.newDataDir()];
