@@ -118,6 +118,7 @@ export const ReplicationView = t.Object({
   connected: t.Boolean({ description: "Follower: link to the leader is up and in sync" }),
   full_transfers: Int(),
   tail_catch_ups: Int(),
+  sync_replicas: Int({ description: "Leader: followers that must acknowledge a write before it is answered (-sync-replicas)" }),
   followers: t.Array(FollowerView),
 });
 

@@ -30,6 +30,8 @@ export const argsDef = {
   fsync: { type: "string", description: "When a write is answered: always (after its fsync), batch (after the fsync of its -fsync-ms window), never (once the OS has it)", default: defaults.fsync, valueHint: "mode" },
   "fsync-ms": { type: "string", description: "Group-commit window of -fsync batch, in ms", default: String(defaults.fsyncMs), valueHint: "ms" },
   "snapshot-bytes": { type: "string", description: "Log size past which a snapshot is written and the log it covers dropped", default: String(defaults.snapshotBytes), valueHint: "bytes" },
+  "sync-replicas": { type: "string", description: "Leader: answer a write only once this many followers also have it (in their log, or in memory if -in-memory); 0 answers once the leader has it", default: String(defaults.syncReplicas), valueHint: "int" },
+  "sync-timeout-ms": { type: "string", description: "How long a write waits for -sync-replicas followers before it is answered 503", default: String(defaults.syncTimeoutMs), valueHint: "ms" },
   "history-entries": { type: "string", description: "Writes a leader keeps to catch followers up without a full transfer (also bounded to 64 MiB)", default: String(defaults.historyEntries), valueHint: "int" },
 } as const satisfies ArgsDef;
 
@@ -137,6 +139,8 @@ export function toConfig(args: ParsedArgs<typeof argsDef>): NodeConfig {
     fsync: fsync as FsyncMode,
     fsyncMs: int("fsync-ms", String(args["fsync-ms"]), 0, 10_000),
     snapshotBytes: int("snapshot-bytes", String(args["snapshot-bytes"]), 4096, 2 ** 40),
+    syncReplicas: int("sync-replicas", String(args["sync-replicas"]), 0, 64),
+    syncTimeoutMs: int("sync-timeout-ms", String(args["sync-timeout-ms"]), 1, 600_000),
   };
 }
 

@@ -29,6 +29,10 @@ export interface NodeConfig {
   fsyncMs: number;
   /** Log size past which a snapshot is written and the log it covers dropped. */
   snapshotBytes: number;
+  /** A leader answers a write once this many followers acknowledged it too (0: once it is durable here). */
+  syncReplicas: number;
+  /** How long a write waits for those acknowledgements before it is answered 503. */
+  syncTimeoutMs: number;
 }
 
 export const defaults: NodeConfig = {
@@ -50,4 +54,6 @@ export const defaults: NodeConfig = {
   fsync: "batch",
   fsyncMs: 2,
   snapshotBytes: 64 * 1024 * 1024,
+  syncReplicas: 0,
+  syncTimeoutMs: 5000,
 };

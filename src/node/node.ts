@@ -90,6 +90,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
             leader!.pumpAll();
           }, limits.replicationBatchMs);
         },
+        after: (ms, fn) => void setTimeout(fn, ms).unref(),
       })
     : null;
   for (const [seq, t, frame] of replayed) leader!.restore(seq, t, frame);

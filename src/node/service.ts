@@ -9,7 +9,7 @@ import { UnavailableError } from "../lib/errors.ts";
 import { limits } from "../lib/limits.ts";
 import type { Logger } from "../lib/log.ts";
 import type { Follower } from "../replication/follower.ts";
-import type { Leader } from "../replication/leader.ts";
+import { type Leader, ReplicationTimeout } from "../replication/leader.ts";
 import { HashRing } from "../ring/ring.ts";
 import { forward } from "../routing/forward.ts";
 import type { RequestLinks } from "../routing/link.ts";
@@ -184,6 +184,30 @@ export function createService(d: ServiceDeps): NodeService {
     }
   };
 
+  // -sync-replicas: a write is answered once that many followers acknowledged it as well.
+  const syncN = config.syncReplicas;
+  /** Refuse a write before it is made when too few followers are linked to take it. */
+  const replicasUp = (what: string) => {
+    if (syncN === 0) return;
+    const k = leader!.connectedFollowers();
+    if (k < syncN)
+      throw new UnavailableError(`Cannot ${what}: -sync-replicas ${syncN} needs ${syncN} follower${syncN === 1 ? "" : "s"} linked to this leader, ${k} ${k === 1 ? "is" : "are"}`, config.group);
+  };
+  /** Answer a write once it is durable here and, with -sync-replicas, acknowledged by that many followers. */
+  const committed = async (seq: number) => {
+    await durableOrThrow(seq);
+    if (syncN === 0) return;
+    try {
+      await leader!.whenReplicated(seq, syncN, config.syncTimeoutMs);
+    } catch (e) {
+      if (!(e instanceof ReplicationTimeout)) throw e;
+      throw new UnavailableError(
+        `Write ${seq} is kept on the leader, but only ${e.confirmed} of ${e.wanted} followers confirmed it within ${e.timeoutMs} ms (-sync-replicas): it is not undone, and reaches them once they catch up`,
+        config.group,
+      );
+    }
+  };
+
   /** A forwarded write of our own group: wait until our copy has it, so a read here sees it. */
   const ownGroupWrite = async (r: Reply, group: number) => {
     if (group === config.group && r.status === 200 && typeof r.body.version === "number") await awaitApplied(r.body.version);
@@ -218,9 +242,10 @@ export function createService(d: ServiceDeps): NodeService {
       if (route.kind === "forward") return links.forward(route.to, RequestOp.Set, key, value, { hops: ctx.hops, group: route.group }).then((r) => ownGroupWrite(r, route.group));
       const other = misdirected(key, ctx);
       if (other) return links.forward(other.to, RequestOp.Set, key, value, { hops: ctx.hops, group: other.group });
+      replicasUp(`write "${key.slice(0, 64)}"`);
       const seq = leader!.set(key, value);
       const ok: Reply = { status: 200, body: { status: "ok", key, version: seq } };
-      return durability ? durableOrThrow(seq).then(() => ok) : ok;
+      return durability || syncN > 0 ? committed(seq).then(() => ok) : ok;
     },
     async delete(key, ctx) {
       if (!isSettled) await settled;
@@ -229,13 +254,16 @@ export function createService(d: ServiceDeps): NodeService {
       if (route.kind === "forward") return ownGroupWrite(await links.forward(route.to, RequestOp.Delete, key, "", { hops: ctx.hops, group: route.group }), route.group);
       const other = misdirected(key, ctx);
       if (other) return links.forward(other.to, RequestOp.Delete, key, "", { hops: ctx.hops, group: other.group });
+      replicasUp(`delete "${key.slice(0, 64)}"`);
       let { existed, seq } = leader!.delete(key);
+      let wrote = existed;
       if (!existed && rebalancing() && !ctx.noFallback) {
         // The key may not have moved here yet: a tombstone keeps the move from bringing it back.
         existed = (await fallbackRead(key, ctx)).status === 200;
         seq = leader!.tombstone(key);
+        wrote = true;
       }
-      if (seq > leader!.head) await durableOrThrow(seq);
+      if (wrote) await committed(seq);
       return { status: 200, body: { status: "ok", key, deleted: existed, version: seq } };
     },
     keys: (q, ctx) => (q.scope === "cluster" && ctx.targetGroup === undefined ? clusterKeys(q, ctx) : localKeys(q)),
@@ -261,6 +289,7 @@ export function createService(d: ServiceDeps): NodeService {
         if (!to) throw new UnavailableError(`Cannot import into group ${config.group}: no leader known`, config.group);
         return forward(to, "POST", "/internal/import", JSON.stringify({ entries }), { hops: ctx.hops, group: config.group });
       }
+      replicasUp(`import keys into group ${config.group}`);
       const ring = currentRing();
       let imported = 0;
       let skipped = 0;
@@ -278,7 +307,7 @@ export function createService(d: ServiceDeps): NodeService {
           last = seq;
         }
       }
-      if (last > 0) await durableOrThrow(last);
+      if (last > 0) await committed(last);
       return { status: 200, body: { status: "ok", imported, skipped, refused } };
     },
     cluster: () => d.cluster(),

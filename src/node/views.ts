@@ -47,6 +47,7 @@ export function createViews(d: ViewDeps): { cluster: () => Static<typeof Cluster
       connected: leader ? true : d.linkUp(),
       full_transfers: leader ? leader.stats.fullTransfers : fstats!.fullTransfers,
       tail_catch_ups: leader ? leader.stats.tailCatchUps : fstats!.tailCatchUps,
+      sync_replicas: leader ? config.syncReplicas : 0,
       followers: leader
         ? leader.followers().map((f) => {
             const m = membership.get(f.node_id);

@@ -73,6 +73,8 @@ export interface LeaderOptions {
   log: Logger;
   /** Asks the caller to run `pumpAll` soon (batches the writes of one event-loop turn). */
   schedule: () => void;
+  /** Runs `fn` after `ms` (the deadlines of `whenReplicated`); without it those waits never time out. */
+  after?: (ms: number, fn: () => void) => void;
 }
 
 const SEND_BATCH_BYTES = 256 * 1024;
@@ -91,6 +93,26 @@ interface Waiter {
   reject(e: Error): void;
 }
 
+/** A write waiting for `n` followers to acknowledge it (-sync-replicas), until `deadline`. */
+interface ReplicaWaiter extends Waiter {
+  n: number;
+  timeoutMs: number;
+  deadline: number;
+}
+
+/** Fewer followers than asked acknowledged a write in time: it stays applied on the leader. */
+export class ReplicationTimeout extends Error {
+  override name = "ReplicationTimeout";
+  constructor(
+    readonly seq: number,
+    readonly confirmed: number,
+    readonly wanted: number,
+    readonly timeoutMs: number,
+  ) {
+    super(`${confirmed} of ${wanted} followers confirmed write ${seq} within ${timeoutMs} ms`);
+  }
+}
+
 export class Leader {
   /** Last sequence handed out. */
   private seq: number;
@@ -103,6 +125,9 @@ export class Leader {
   private pending: Proposal[] = [];
   private overlay = new Map<string, Proposal>();
   private waiters: Waiter[] = [];
+  /** Writes waiting for followers' acks, in sequence (and so deadline) order; one timer for the first. */
+  private replicaWaiters: ReplicaWaiter[] = [];
+  private replicaTimerArmed = false;
   readonly stats: LeaderStats = { tailCatchUps: 0, fullTransfers: 0, resyncs: 0 };
 
   constructor(private readonly o: LeaderOptions) {
@@ -202,6 +227,60 @@ export class Leader {
     return new Promise((resolve, reject) => this.waiters.push({ seq, resolve, reject }));
   }
 
+  /** Followers linked to this leader (streaming, or taking a full transfer). */
+  connectedFollowers(): number {
+    let n = 0;
+    for (const l of this.links) if (l.mode !== "handshake") n++;
+    return n;
+  }
+
+  /** Followers that acknowledged `seq` (a persistent follower acknowledges what its log holds). */
+  confirmedBy(seq: number): number {
+    let n = 0;
+    for (const l of this.links) if (l.acked >= seq) n++;
+    return n;
+  }
+
+  /**
+   * Resolves once `n` followers acknowledged `seq` (applied, and on disk for a persistent one);
+   * rejects with ReplicationTimeout after `timeoutMs`. The write stays applied either way.
+   */
+  whenReplicated(seq: number, n: number, timeoutMs: number): Promise<void> {
+    if (this.confirmedBy(seq) >= n) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.replicaWaiters.push({ seq, n, timeoutMs, deadline: this.o.now() + timeoutMs, resolve, reject });
+      if (this.replicaWaiters.length === 1) this.armReplicaTimer(timeoutMs);
+    });
+  }
+
+  /** Settle the replica waiters that are confirmed or past their deadline (all wait for the same n). */
+  private settleReplicaWaiters(): void {
+    const ws = this.replicaWaiters;
+    if (ws.length === 0) return;
+    const now = this.o.now();
+    let i = 0;
+    for (; i < ws.length; i++) {
+      const w = ws[i]!;
+      const confirmed = this.confirmedBy(w.seq);
+      if (confirmed >= w.n) w.resolve();
+      else if (now >= w.deadline) w.reject(new ReplicationTimeout(w.seq, confirmed, w.n, w.timeoutMs));
+      else break;
+    }
+    if (i > 0) this.replicaWaiters = ws.slice(i);
+  }
+
+  /** One timer, for the first waiter's deadline (later ones come due after it). */
+  private armReplicaTimer(ms: number): void {
+    if (this.replicaTimerArmed || !this.o.after) return;
+    this.replicaTimerArmed = true;
+    this.o.after(ms, () => {
+      this.replicaTimerArmed = false;
+      this.settleReplicaWaiters();
+      const first = this.replicaWaiters[0];
+      if (first) this.armReplicaTimer(Math.max(1, first.deadline - this.o.now()));
+    });
+  }
+
   /** The log has everything up to `seq` on disk: apply, answer and replicate it. */
   durable(seq: number): void {
     let i = 0;
@@ -270,6 +349,7 @@ export class Leader {
         const t = this.history.timeOf(f.seq);
         if (t !== undefined) link.lastDelayMs = this.o.now() - t;
         link.acked = f.seq;
+        this.settleReplicaWaiters();
       }
       link.lastAckMs = this.o.now();
       return undefined;
@@ -292,6 +372,7 @@ export class Leader {
       link.mode = "stream";
       link.next = f.seq + 1;
       link.acked = f.seq; // what it holds is ours: a real position
+      this.settleReplicaWaiters();
       this.stats.tailCatchUps++;
       link.out.send(encodeFrame({ type: FrameType.Welcome, ...this.header(this.applied), historyId: this.o.historyId, mode: WelcomeMode.Tail }));
       this.o.log.info("follower joined, streaming from its position", { node_id: f.nodeId, from_seq: f.seq + 1, head: this.applied });

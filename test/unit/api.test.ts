@@ -114,6 +114,7 @@ class MemoryService implements KvService {
       connected: true,
       full_transfers: 0,
       tail_catch_ups: 0,
+      sync_replicas: 0,
       followers: [],
     };
   }

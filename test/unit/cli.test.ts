@@ -148,6 +148,14 @@ describe("parseConfig", () => {
     expect(usageError(["-broadcast", "nope"])).toContain("-broadcast");
     expect(usageError(["-max-key-bytes", "0"])).toContain("-max-key-bytes");
     expect(usageError(["-history-entries", "0"])).toContain("-history-entries");
+    expect(usageError(["-sync-replicas", "-1"])).toContain("-sync-replicas");
+    expect(usageError(["-sync-replicas", "65"])).toContain("-sync-replicas");
+    expect(usageError(["-sync-timeout-ms", "0"])).toContain("-sync-timeout-ms");
+  });
+
+  test("-sync-replicas and -sync-timeout-ms default to 0 (answer once the leader has it) and 5000", () => {
+    expect(parseConfig(["-leader"])).toMatchObject({ syncReplicas: 0, syncTimeoutMs: 5000 });
+    expect(parseConfig(["-leader", "-sync-replicas", "2", "-sync-timeout-ms", "250"])).toMatchObject({ syncReplicas: 2, syncTimeoutMs: 250 });
   });
 
   test("normalizeArgv rewrites declared single-dash flags and leaves the help flags alone", () => {

@@ -6,7 +6,7 @@ import { silentLogger } from "../../src/lib/log.ts";
 import { FrameReader, FrameType, WelcomeMode, decodeFrame, encodeFrame, putFrameOf, type Frame } from "../../src/protocol/frame.ts";
 import { Follower } from "../../src/replication/follower.ts";
 import { History } from "../../src/replication/history.ts";
-import { Leader, type FollowerLink } from "../../src/replication/leader.ts";
+import { Leader, ReplicationTimeout, type FollowerLink } from "../../src/replication/leader.ts";
 import { Outbox, type Wire } from "../../src/replication/outbox.ts";
 import { Store } from "../../src/store/store.ts";
 import { isWellFormed } from "../../src/lib/utf8.ts";
@@ -78,6 +78,8 @@ interface Conn {
 class Sim {
   clock = 1_000;
   scheduled = false;
+  /** Timers the leader set (`after`), run by `advance`. */
+  readonly timers: { at: number; fn: () => void }[] = [];
   readonly leaderStore = new Store();
   readonly followerStore: Store;
   readonly leader: Leader;
@@ -115,6 +117,7 @@ class Sim {
       schedule: () => {
         this.scheduled = true;
       },
+      after: (ms, fn) => void this.timers.push({ at: this.clock + ms, fn }),
     });
     this.followerStore = o.followerStore ?? new Store();
     this.follower = o.follower ?? new Follower(this.followerStore, GROUP, CLUSTER, "follower-1");
@@ -210,6 +213,12 @@ class Sim {
       if (this.errors.length > 0) return;
     }
     throw new Error("replication did not settle");
+  }
+
+  /** Move the clock on by `ms`, running the timers that come due. */
+  advance(ms: number): void {
+    this.clock += ms;
+    for (let t = this.timers.findIndex((x) => x.at <= this.clock); t >= 0; t = this.timers.findIndex((x) => x.at <= this.clock)) this.timers.splice(t, 1)[0]!.fn();
   }
 
   set(key: string, value: string): number {
@@ -673,6 +682,74 @@ describe("Follower", () => {
 });
 
 // --- Leader, frame by frame --------------------------------------------------------------------
+
+describe("Leader: waiting for followers (-sync-replicas)", () => {
+  /** The promise's state after pending callbacks ran. */
+  type State = "pending" | "resolved" | Error;
+  const stateOf = async (p: Promise<void>): Promise<State> => {
+    let s = "pending" as State;
+    p.then(
+      () => (s = "resolved"),
+      (e: Error) => (s = e),
+    );
+    await Promise.resolve();
+    await Promise.resolve();
+    return s;
+  };
+
+  test("resolves once a follower acknowledged the write, in order, and at once for what it already has", async () => {
+    const sim = new Sim();
+    sim.connect();
+    sim.settle();
+    expect(sim.leader.connectedFollowers()).toBe(1);
+    const s1 = sim.set("a", "1");
+    const s2 = sim.set("b", "2");
+    const p1 = sim.leader.whenReplicated(s1, 1, 100);
+    const p2 = sim.leader.whenReplicated(s2, 1, 100);
+    const p3 = sim.leader.whenReplicated(s2, 2, 100); // more followers than there are
+    expect(await stateOf(p1)).toBe("pending");
+    sim.settle();
+    expect(await stateOf(p1)).toBe("resolved");
+    expect(await stateOf(p2)).toBe("resolved");
+    expect(await stateOf(p3)).toBe("pending");
+    expect(await stateOf(sim.leader.whenReplicated(s2, 1, 100))).toBe("resolved");
+    sim.advance(100);
+    const e = await stateOf(p3);
+    expect(e).toBeInstanceOf(ReplicationTimeout);
+    expect(e).toMatchObject({ seq: s2, confirmed: 1, wanted: 2, timeoutMs: 100 });
+  });
+
+  test("rejects each write at its own deadline when no follower acknowledges, keeping the write", async () => {
+    const sim = new Sim();
+    sim.connect();
+    sim.settle();
+    sim.disconnect();
+    expect(sim.leader.connectedFollowers()).toBe(0);
+    const s1 = sim.set("a", "1");
+    const p1 = sim.leader.whenReplicated(s1, 1, 100);
+    sim.advance(50);
+    const s2 = sim.set("b", "2");
+    const p2 = sim.leader.whenReplicated(s2, 1, 100);
+    sim.advance(48);
+    expect(await stateOf(p1)).toBe("pending");
+    sim.advance(1);
+    expect(await stateOf(p1)).toBeInstanceOf(ReplicationTimeout);
+    expect(await stateOf(p2)).toBe("pending");
+    expect(sim.timers.length).toBe(1); // one timer at a time, for the first waiter
+    sim.advance(60);
+    expect(await stateOf(p2)).toMatchObject({ seq: s2, confirmed: 0, wanted: 1 });
+    expect(sim.leaderStore.get("a")?.value).toBe("1");
+
+    // A follower that comes back and catches up confirms later writes again.
+    sim.connect();
+    sim.settle();
+    const s3 = sim.set("c", "3");
+    const p3 = sim.leader.whenReplicated(s3, 1, 100);
+    sim.settle();
+    expect(await stateOf(p3)).toBe("resolved");
+    expectInSync(sim);
+  });
+});
 
 describe("Leader handshake", () => {
   const hello = (p: Partial<Extract<Frame, { type: 1 }>> = {}): Frame => ({

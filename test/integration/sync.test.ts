@@ -1,0 +1,107 @@
+/**
+ * -sync-replicas, with real processes: a leader answers a write only once that many followers
+ * acknowledged it (in their log, for persistent followers), refuses writes up front while too few
+ * followers are linked, and answers 503 (keeping the write) when they do not confirm in time.
+ */
+import { describe, expect, test } from "bun:test";
+import { type NodeProc, TestCluster } from "../support/cluster.ts";
+import { waitFor } from "../support/wait.ts";
+
+/** Wait until `leader` streams to `n` followers. */
+async function awaitStreaming(leader: NodeProc, n: number): Promise<void> {
+  await waitFor(`leader to stream to ${n} followers`, async () => {
+    const fs = (await leader.cluster()).replication.followers as { state: string }[];
+    return fs.filter((f) => f.state === "stream").length === n;
+  });
+}
+
+describe("-sync-replicas", () => {
+  test("an acknowledged write is on both followers' disks: killing every node at once and restarting only the followers finds it", async () => {
+    await using c = await TestCluster.create();
+    const leader = await c.start({ leader: true, extra: ["-sync-replicas", "2"] });
+    const followers = [await c.start({}), await c.start({})];
+    await awaitStreaming(leader, 2);
+    expect((await leader.cluster()).replication.sync_replicas).toBe(2);
+
+    // 16 concurrent writers; every node is killed in the same instant, mid-stream.
+    const acked = new Map<string, string>();
+    let next = 0;
+    let stop = false;
+    const writer = async () => {
+      while (!stop) {
+        const key = `s${next++}`;
+        const value = `value of ${key}`;
+        try {
+          const r = await leader.set(key, value);
+          if (r.status === 200) acked.set(key, value);
+        } catch {
+          return; // the leader is gone
+        }
+        if (acked.size >= 600) stop = true;
+      }
+    };
+    const writing = Promise.all(Array.from({ length: 16 }, writer));
+    await waitFor("300 acknowledged writes", () => acked.size >= 300);
+    await Promise.all([leader, ...followers].map((n) => n.kill9()));
+    stop = true;
+    await writing;
+    expect(acked.size).toBeGreaterThanOrEqual(300);
+
+    // Only the followers come back (no leader): each answers reads from what its own disk holds.
+    for (const f of followers) {
+      const again = await c.start({ dataDir: f.dataDir! });
+      const keys = new Set<string>((await again.request("/keys")).body.keys);
+      expect([...acked.keys()].filter((k) => !keys.has(k))).toEqual([]);
+      for (const k of [...acked.keys()].slice(-20)) expect((await again.get(k)).body.value).toBe(acked.get(k)!);
+      await again.stop();
+    }
+  });
+
+  test("writes are refused, and not made, while fewer followers than -sync-replicas are linked; they work once one is", async () => {
+    await using c = await TestCluster.create();
+    const leader = await c.start({ leader: true, inMemory: true, extra: ["-sync-replicas", "1"] });
+    const refused = await leader.set("early", "1");
+    expect(refused.status).toBe(503);
+    expect(refused.body.error).toMatch(/-sync-replicas 1 needs 1 follower linked to this leader, 0 are/);
+    expect((await leader.get("early")).status).toBe(404);
+    expect((await leader.del("early")).status).toBe(503);
+
+    const f = await c.start({ inMemory: true });
+    await awaitStreaming(leader, 1);
+    const ok = await leader.set("later", "2");
+    expect(ok.status).toBe(200);
+    // Acknowledged means the follower has it already: no waiting.
+    expect((await f.get("later")).body.value).toBe("2");
+    const del = await leader.del("later");
+    expect(del.status).toBe(200);
+    expect((await f.get("later")).status).toBe(404);
+
+    // A write sent to the follower is forwarded to the leader and answered the same way.
+    expect((await f.set("via-follower", "3")).status).toBe(200);
+    expect((await leader.get("via-follower")).body.value).toBe("3");
+  });
+
+  test("a write the followers do not confirm within -sync-timeout-ms is answered 503, kept on the leader, and reaches them later", async () => {
+    await using c = await TestCluster.create({ heartbeatMs: 200, staleMs: 60_000 });
+    const leader = await c.start({ leader: true, inMemory: true, extra: ["-sync-replicas", "1", "-sync-timeout-ms", "300"] });
+    const f = await c.start({ inMemory: true });
+    await awaitStreaming(leader, 1);
+    expect((await leader.set("before", "1")).status).toBe(200);
+
+    f.proc.kill("SIGSTOP"); // linked, but acknowledging nothing
+    try {
+      const started = performance.now();
+      const r = await leader.set("stalled", "2");
+      expect(r.status).toBe(503);
+      expect(r.body.error).toMatch(/only 0 of 1 followers confirmed it within 300 ms/);
+      expect(performance.now() - started).toBeGreaterThanOrEqual(250);
+      expect((await leader.get("stalled")).body.value).toBe("2");
+    } finally {
+      f.proc.kill("SIGCONT");
+    }
+    await c.awaitInSync(leader, f);
+    expect((await f.get("stalled")).body.value).toBe("2");
+    expect((await leader.set("after", "3")).status).toBe(200);
+    expect((await f.get("after")).body.value).toBe("3");
+  });
+});
