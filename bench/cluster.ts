@@ -5,6 +5,8 @@
  *   bare Bun.serve   (child process) answering a fixed small JSON: GET, POST, 90/10 mix
  *   3-node group     in-memory leader + 2 followers, 10k keys preloaded: GET, SET (with the
  *                    followers' replication lag sampled every ~20 ms), 90/10 GET/SET mix
+ *   3-node sync      the same group with -sync-replicas 2 (a write is answered once both
+ *                    followers acknowledged it): SET
  *   single node      the leader alone (no followers), same keys: GET, SET
  *   forwarding       2 groups, group 1 drained: the same GET/SET load on group 0's leader (owner)
  *                    and on group 1's node (every request forwarded), as a ratio of the two
@@ -186,6 +188,18 @@ export async function run(ctx: BenchContext): Promise<unknown> {
       for (const f of followers) await c3.awaitInSync(leader, f, 60_000);
     } finally {
       await c3[Symbol.asyncDispose]();
+    }
+
+    // --- 3-node group answering writes only once both followers have them (-sync-replicas 2)
+    const cs = await TestCluster.create();
+    try {
+      const leader = await cs.start({ leader: true, inMemory: true, extra: ["-sync-replicas", "2"] });
+      const followers = [await cs.start({ inMemory: true }), await cs.start({ inMemory: true })];
+      for (const f of followers) await cs.awaitInSync(leader, f, 60_000);
+      await preload(leader, PRELOAD_KEYS);
+      await measure("3-node, -sync-replicas 2: SET on leader", "set", leader.url);
+    } finally {
+      await cs[Symbol.asyncDispose]();
     }
 
     // --- single node: the leader alone

@@ -81,14 +81,18 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         log,
         // Replication goes out at most every limits.replicationBatchMs: a socket write to a
         // follower costs a syscall (on loopback, the receiver's work too), and per event-loop
-        // turn these writes took a fifth of a busy leader's time.
+        // turn these writes took a fifth of a busy leader's time. With -sync-replicas every
+        // write waits for the followers, so that wait would be added to each: they go out at
+        // the end of the event-loop turn instead.
         schedule: () => {
           if (pumpScheduled) return;
           pumpScheduled = true;
-          setTimeout(() => {
+          const pump = () => {
             pumpScheduled = false;
             leader!.pumpAll();
-          }, limits.replicationBatchMs);
+          };
+          if (config.syncReplicas > 0) setImmediate(pump);
+          else setTimeout(pump, limits.replicationBatchMs);
         },
         after: (ms, fn) => void setTimeout(fn, ms).unref(),
       })
