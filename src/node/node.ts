@@ -400,6 +400,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   ];
   reconcile();
 
+  if (!leader && config.syncReplicas > 0) log.warn("-sync-replicas is a leader's setting: this follower ignores it (its leader's own flag counts)", { sync_replicas: config.syncReplicas });
   log.info("kvnode ready", {
     node_id: nodeId,
     role: leader ? "leader" : "follower",

@@ -66,7 +66,9 @@ describe("-sync-replicas", () => {
     expect((await leader.get("early")).status).toBe(404);
     expect((await leader.del("early")).status).toBe(503);
 
-    const f = await c.start({ inMemory: true });
+    // The follower's own flag does not count (it says so): the leader's does.
+    const f = await c.start({ inMemory: true, extra: ["-sync-replicas", "3"] });
+    expect(f.log).toMatch(/-sync-replicas is a leader's setting: this follower ignores it/);
     await awaitStreaming(leader, 1);
     const ok = await leader.set("later", "2");
     expect(ok.status).toBe(200);
