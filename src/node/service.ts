@@ -49,13 +49,46 @@ export interface NodeService {
   settle: () => void;
 }
 
+/** Rings remembered for ownedSince; an entry older than all of them does not count. */
+const RING_EPOCHS_KEPT = 256;
+
 export function createService(d: ServiceDeps): NodeService {
   const { links, config, nodeId, store, leader, follower, membership, durability, applyWaiters, now, log } = d;
   // --- routing: any node serves any key (src/routing)
   // Bun's native murmur3 (same values as src/ring/hash.ts for well-formed strings; keys are checked).
   const nativeHash = (s: string) => Bun.hash.murmur32v3(s);
   const rings = new RingCache(nativeHash);
-  const currentRing = () => rings.get(membership.ringVersion, () => membership.ringGroups(), now);
+  /**
+   * The rings this leader has served under since it started, each with the last sequence handed
+   * out before it: what the store holds for a key counts against a copy moved in only if it was
+   * written while this group owned the key and the group has owned it ever since (see ownedSince).
+   */
+  const ringEpochs: { seq: number; ring: HashRing }[] = [];
+  let lastRing: HashRing | null = null;
+  const currentRing = () => {
+    const r = rings.get(membership.ringVersion, () => membership.ringGroups(), now);
+    if (r !== lastRing) {
+      lastRing = r;
+      if (leader) {
+        ringEpochs.push({ seq: leader.proposed, ring: r });
+        if (ringEpochs.length > RING_EPOCHS_KEPT) ringEpochs.shift();
+      }
+    }
+    return r;
+  };
+  /**
+   * Whether this group owned `key` when its entry at `version` was written and has owned it on
+   * every ring since. A tombstone left when the key moved out (or any entry from before the key
+   * went to another group and came back) does not: the copy coming back is newer. Entries older
+   * than the rings kept (from before a restart) do not count either.
+   */
+  const ownedSince = (key: string, version: number): boolean => {
+    let i = ringEpochs.length - 1;
+    while (i >= 0 && ringEpochs[i]!.seq >= version) i--;
+    if (i < 0) return false;
+    for (; i < ringEpochs.length; i++) if (ringEpochs[i]!.ring.ownerOf(key) !== config.group) return false;
+    return true;
+  };
   const routing: RoutingView = {
     selfId: nodeId,
     selfGroup: config.group,
@@ -300,7 +333,7 @@ export function createService(d: ServiceDeps): NodeService {
           refused.push(key);
           continue;
         }
-        const seq = leader.setIfUnknown(key, value);
+        const seq = leader.setIfUnknown(key, value, (v) => ownedSince(key, v));
         if (seq === undefined) skipped++;
         else {
           imported++;

@@ -146,6 +146,11 @@ export class Leader {
     return this.applied;
   }
 
+  /** Last sequence handed out (pending writes included). */
+  get proposed(): number {
+    return this.seq;
+  }
+
 
   get historyFirstSeq(): number {
     return this.history.firstSeq;
@@ -200,14 +205,24 @@ export class Leader {
     return { existed: true, seq: this.propose(key, null) };
   }
 
-  /** Whether this leader has ever seen `key`: live, deleted (tombstone) or pending. */
-  knows(key: string): boolean {
-    return this.overlay.has(key) || this.o.store.versionOf(key) > 0;
+  /**
+   * Whether this leader holds something for `key` that a copy moved in must not overrule: a
+   * pending write, or a live value or tombstone at a version `current` accepts (by default any).
+   */
+  knows(key: string, current: (version: number) => boolean = () => true): boolean {
+    if (this.overlay.has(key)) return true;
+    const v = this.o.store.versionOf(key);
+    return v > 0 && current(v);
   }
 
-  /** Write `key` only if this leader has never seen it (a key moved in must not undo a newer write or delete). */
-  setIfUnknown(key: string, value: string): number | undefined {
-    return this.knows(key) ? undefined : this.propose(key, value);
+  /**
+   * Write `key` only if this leader knows nothing current of it (a key moved in must not undo a
+   * newer write or delete made here). `current` tells whether what the store holds at a version
+   * still counts (the service: only what was written while this group owned the key, and owned
+   * it ever since).
+   */
+  setIfUnknown(key: string, value: string, current?: (version: number) => boolean): number | undefined {
+    return this.knows(key, current) ? undefined : this.propose(key, value);
   }
 
   /** Delete `key` only if it still holds the write at `version` (a key moved out that nobody changed since). */

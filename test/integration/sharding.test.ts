@@ -443,6 +443,47 @@ describe("rebalancing", () => {
     }
   });
 
+  test("keys that moved to a new group come back whole when it drains, and again when it is restarted on its data", async () => {
+    // Moving a key out leaves a tombstone behind; a copy coming back later is newer and must be
+    // taken (it once was refused and then deleted at the sender: every such key was lost).
+    await using c = await TestCluster.create();
+    const a = await c.start({ leader: true, group: 0 });
+    const keys = Array.from({ length: 300 }, (_, i) => `back-${i}`);
+    for (const k of keys) expect((await a.set(k, `v1:${k}`)).status).toBe(200);
+    const bDir = c.newDataDir();
+    let b = await c.start({ leader: true, group: 1, dataDir: bDir });
+    const ring2 = new HashRing([0, 1]);
+    const toB = keys.filter((k) => ring2.ownerOf(k) === 1);
+    const settled = async (bKeys: number) => {
+      const g = [...((await a.cluster()).groups as any[]), ...((await b.cluster()).groups as any[])];
+      return (await b.health()).keys === bKeys && !g.some((x) => x.moving) && !(await a.cluster()).rebalance.moving;
+    };
+    await waitFor(`group 1 to take its ${toB.length} keys`, () => settled(toB.length), 30_000, 50);
+    // Some of them change while group 1 owns them: the newer value is what must come back.
+    for (const k of toB.slice(0, 20)) expect((await a.set(k, `v2:${k}`)).status).toBe(200);
+    const want = (k: string) => (toB.slice(0, 20).includes(k) ? `v2:${k}` : `v1:${k}`);
+
+    expect((await b.request("/admin/drain", { method: "POST" })).status).toBe(200);
+    await waitFor("group 1 to hand every key back", () => settled(0), 30_000, 50);
+    const missing = async () => {
+      const bad: string[] = [];
+      for (const k of keys) {
+        const r = await a.get(k);
+        if (r.status !== 200 || r.body.value !== want(k)) bad.push(`${k}: ${r.status} ${JSON.stringify(r.body)}`);
+      }
+      return bad;
+    };
+    expect(await missing()).toEqual([]);
+    expect((await a.health()).keys).toBe(keys.length);
+
+    // Restarted on its data dir, group 1 is back on the ring and takes its keys again: its own
+    // tombstones (from handing them over) must not make it refuse them.
+    expect(await b.stop()).toBe(0);
+    b = await c.start({ leader: true, group: 1, dataDir: bDir });
+    await waitFor(`group 1 to take its ${toB.length} keys again`, () => settled(toB.length), 30_000, 50);
+    expect(await missing()).toEqual([]);
+  });
+
   test("a key deleted while its group drains stays deleted: no read after the delete is acknowledged sees the old value, and none comes back", async () => {
     const { pick } = seeded("delete while draining");
     await using c = await TestCluster.create();
