@@ -9,6 +9,9 @@ import { type RunningNode, startNode } from "../node/node.ts";
 import { UsageError, argsDef, normalizeArgv, toConfig } from "./args.ts";
 import pkg from "../../package.json" with { type: "json" };
 
+/** A second SIGINT/SIGTERM this long after the first stops the node at once. */
+const SECOND_SIGNAL_MS = 1000;
+
 function fail(status: number, line: string): never {
   process.stderr.write(`kvnode: ${line}\n`);
   process.exit(status);
@@ -27,11 +30,16 @@ const command = defineCommand({
     }
     const log = createLogger(config.logLevel, (l) => process.stderr.write(l));
     // Handlers go in before the node starts: a signal during start-up stops it once it is up.
-    let stopping = false;
+    let stoppingSince = -1;
     let started: Promise<RunningNode> | null = null;
     const shutdown = async (signal: string) => {
-      if (stopping) process.exit(1); // a second signal: stop now
-      stopping = true;
+      if (stoppingSince >= 0) {
+        // Under `bun run`, Ctrl-C reaches the node twice at once (from the terminal and passed on
+        // by bun): only a second signal a moment later means "stop now".
+        if (performance.now() - stoppingSince > SECOND_SIGNAL_MS) process.exit(1);
+        return;
+      }
+      stoppingSince = performance.now();
       log.info("shutting down", { signal });
       const node = await started?.catch(() => null);
       await node?.stop();

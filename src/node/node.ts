@@ -67,6 +67,8 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   const rec = durability?.recovered;
 
   let pumpScheduled = false;
+  /** A -leader node takes followers only once it heard no other leader of its group (at start). */
+  let claimed = false;
   const leader = config.leader
     ? new Leader({
         store,
@@ -158,6 +160,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
           return undefined;
         }
         if (!leader) return `this node is not a leader (group ${config.group})`;
+        if (!claimed) return "this node is still starting: it leads only if no other leader of its group answers";
         let link = conn.state as FollowerLink | undefined;
         if (!link) link = conn.state = leader.attach(conn.out, conn.remote);
         for (const f of frames) {
@@ -386,6 +389,21 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   // Peers answer a newcomer's first announcement within ~50 ms: give them that long, so the ring
   // this node routes with holds every group from its first request.
   await new Promise((r) => setTimeout(r, Math.min(START_SETTLE_MS, config.heartbeatMs)));
+  // A second -leader for a group that already has one would win on a tie of terms half the time
+  // (lowest node id), and its followers would swap their data for its empty store. Refuse. (Until
+  // here it turned followers away, so none has; they go back to the leader they had.)
+  const rival = leader ? membership.leadersOf(config.group).find((m) => m.nodeId !== nodeId && m.term >= term) : undefined;
+  if (rival) {
+    discovery.stop();
+    links.close();
+    replication.stop();
+    await http.stop(true);
+    await durability?.close();
+    throw new Error(
+      `group ${config.group} already has a leader (node ${rival.nodeId} at ${rival.host}:${rival.clusterPort}, term ${rival.term}): start this node without -leader to follow it, or stop that leader first`,
+    );
+  }
+  claimed = true;
   settle();
 
   const timers = [

@@ -129,6 +129,28 @@ describe("the API port", () => {
   });
 });
 
+describe("starting and stopping", () => {
+  test("a second -leader for a group that has one refuses to start, naming it; the followers keep their data", async () => {
+    await using c = await TestCluster.create();
+    const a = await c.start({ leader: true });
+    const f = await c.start({});
+    for (let i = 0; i < 10; i++) expect((await a.set(`k${i}`, `v${i}`)).status).toBe(200);
+    await c.awaitInSync(a, f);
+    // A fresh node has term 1, as the leader does: it would have won on a lower node id half the time.
+    const args = c.args({ leader: true, dataDir: c.newDataDir() });
+    const proc = Bun.spawn([process.execPath, "src/cli/main.ts", ...args], { cwd: join(import.meta.dir, "..", ".."), stderr: "pipe", stdout: "ignore" });
+    const timer = setTimeout(() => proc.kill(), 15_000);
+    const code = await proc.exited;
+    clearTimeout(timer);
+    expect(code).toBe(1);
+    expect(await new Response(proc.stderr).text()).toContain(`group 0 already has a leader (node ${a.nodeId}`);
+    expect((await f.health()).keys).toBe(10);
+    expect((await a.set("more", "1")).status).toBe(200);
+    await c.awaitInSync(a, f);
+    expect((await f.get("more")).body.value).toBe("1");
+  });
+});
+
 describe("the replication port", () => {
   test("garbage and oversized frames close that connection; the node keeps serving and replicating", async () => {
     await using c = await TestCluster.create();
