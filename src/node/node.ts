@@ -141,47 +141,53 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
 
   // --- cluster port: every node serves forwarded requests; only a leader accepts followers.
   let serveRequest: ReturnType<typeof createRequestServer> | null = null;
-  const replication = listenReplication(
-    config.host,
-    config.port,
-    frameMax,
-    {
-      onFrames(conn: ServerConn, frames) {
-        // A connection whose first frame is a Request carries forwarded requests (any node serves them).
-        if (conn.state === undefined && frames[0]!.type === FrameType.Request) {
-          conn.state = new RequestConn(conn.out);
-        }
-        if (conn.state instanceof RequestConn) {
-          if (!serveRequest) return "this node is still starting";
+  let replication: ReturnType<typeof listenReplication>;
+  try {
+    replication = listenReplication(
+      config.host,
+      config.port,
+      frameMax,
+      {
+        onFrames(conn: ServerConn, frames) {
+          // A connection whose first frame is a Request carries forwarded requests (any node serves them).
+          if (conn.state === undefined && frames[0]!.type === FrameType.Request) {
+            conn.state = new RequestConn(conn.out);
+          }
+          if (conn.state instanceof RequestConn) {
+            if (!serveRequest) return "this node is still starting";
+            for (const f of frames) {
+              if (f.type !== FrameType.Request) return `unexpected frame type ${f.type} on a request link`;
+              serveRequest(conn.state, f);
+            }
+            return undefined;
+          }
+          if (!leader) return `this node is not a leader (group ${config.group})`;
+          if (!claimed) return "this node is still starting: it leads only if no other leader of its group answers";
+          let link = conn.state as FollowerLink | undefined;
+          if (!link) link = conn.state = leader.attach(conn.out, conn.remote);
           for (const f of frames) {
-            if (f.type !== FrameType.Request) return `unexpected frame type ${f.type} on a request link`;
-            serveRequest(conn.state, f);
+            const err = leader.onFrame(link, f);
+            if (err) return err;
           }
           return undefined;
-        }
-        if (!leader) return `this node is not a leader (group ${config.group})`;
-        if (!claimed) return "this node is still starting: it leads only if no other leader of its group answers";
-        let link = conn.state as FollowerLink | undefined;
-        if (!link) link = conn.state = leader.attach(conn.out, conn.remote);
-        for (const f of frames) {
-          const err = leader.onFrame(link, f);
-          if (err) return err;
-        }
-        return undefined;
+        },
+        onDrain(conn) {
+          if (leader && conn.state && !(conn.state instanceof RequestConn)) leader.pump(conn.state as FollowerLink);
+        },
+        onClose(conn) {
+          if (leader && conn.state && !(conn.state instanceof RequestConn)) {
+            const link = conn.state as FollowerLink;
+            leader.detach(link);
+            if (link.nodeId) log.info("follower disconnected", { node_id: link.nodeId, acked_seq: link.acked });
+          }
+        },
       },
-      onDrain(conn) {
-        if (leader && conn.state && !(conn.state instanceof RequestConn)) leader.pump(conn.state as FollowerLink);
-      },
-      onClose(conn) {
-        if (leader && conn.state && !(conn.state instanceof RequestConn)) {
-          const link = conn.state as FollowerLink;
-          leader.detach(link);
-          if (link.nodeId) log.info("follower disconnected", { node_id: link.nodeId, acked_seq: link.acked });
-        }
-      },
-    },
-    log,
-  );
+      log,
+    );
+  } catch (e) {
+    await durability?.close();
+    throw new Error(`Cannot listen on cluster port ${config.host}:${config.port} (-port): ${(e as Error).message}. Is port ${config.port} in use?`);
+  }
   const clusterPort = replication.port;
 
   // --- membership and discovery

@@ -127,6 +127,19 @@ describe("the API port", () => {
     expect((await n.set("still", "here")).status).toBe(200);
     expect((await n.get("still")).body).toEqual({ key: "still", value: "here", version: 1 });
   });
+
+  test("a second node on a cluster port another node serves fails to start, naming the port", async () => {
+    await using c = await TestCluster.create();
+    const n = await c.start({ leader: true, inMemory: true });
+    const args = c.args({ inMemory: true, port: n.clusterPort, group: 1, leader: true });
+    const proc = Bun.spawn([process.execPath, "src/cli/main.ts", ...args], { cwd: join(import.meta.dir, "..", ".."), stderr: "pipe", stdout: "ignore" });
+    const timer = setTimeout(() => proc.kill(), 15_000);
+    const code = await proc.exited;
+    clearTimeout(timer);
+    expect(code).toBe(1);
+    expect(await new Response(proc.stderr).text()).toContain(`Is port ${n.clusterPort} in use?`);
+    expect((await n.set("still", "here")).status).toBe(200);
+  });
 });
 
 describe("starting and stopping", () => {
