@@ -254,7 +254,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
           if (!linkUp && !follower.syncing && frames.some((f) => f.type === FrameType.Welcome || f.type === FrameType.SnapshotEnd)) {
             linkUp = true;
             backoffMs = limits.reconnectBackoffMinMs;
-            log.info("in sync with leader", { leader: target.nodeId, address, seq: follower.applied });
+            log.info("following leader", { leader: target.nodeId, address, from_seq: follower.applied, leader_seq: follower.leaderHead });
           }
           if (follower.applied !== before || frames.some((f) => f.type === FrameType.SnapshotEnd)) {
             // A persistent follower acknowledges what is on its disk, when the log says so.
@@ -424,6 +424,8 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   ];
   reconcile();
 
+  if (!leader && !membership.leaderOf(config.group))
+    log.warn("no leader known for this group yet: its keys cannot be written (503) until a node of the group runs with -leader (any flag given makes a node a follower unless it has -leader)", { group: config.group });
   if (!leader && config.syncReplicas > 0) log.warn("-sync-replicas is a leader's setting: this follower ignores it (its leader's own flag counts)", { sync_replicas: config.syncReplicas });
   log.info("kvnode ready", {
     node_id: nodeId,

@@ -143,6 +143,17 @@ describe("the API port", () => {
 });
 
 describe("starting and stopping", () => {
+  test("a follower that hears no leader of its group says so at start, and follows one that starts later", async () => {
+    await using c = await TestCluster.create();
+    const f = await c.start({ inMemory: true });
+    expect(f.log).toMatch(/WARN no leader known for this group yet/);
+    expect((await f.set("k", "v")).status).toBe(503);
+    const l = await c.start({ leader: true, inMemory: true });
+    await c.awaitInSync(l, f);
+    expect((await f.set("k", "v")).status).toBe(200);
+    expect(f.log).toMatch(/following leader/);
+  });
+
   test("a second -leader for a group that has one refuses to start, naming it; the followers keep their data", async () => {
     await using c = await TestCluster.create();
     const a = await c.start({ leader: true });
