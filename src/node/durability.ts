@@ -52,6 +52,12 @@ export class Durability {
   private olderWalBytes: number;
   private chain: Promise<void> = Promise.resolve();
   private snapshots = 0;
+  /**
+   * Adoptions of a new history (a full transfer, or a tail under a new history id) whose snapshot
+   * and node.json are not on disk yet: until then a restart would recover the old history, so a
+   * follower acknowledges nothing.
+   */
+  adopting = 0;
   private lastSnapshotSeq: number;
   /** Current history and the sequence its current segment starts after. */
   private history: string;
@@ -151,8 +157,12 @@ export class Durability {
    * directory's history. Order: snapshot of the new state, then node.json, then the old files go.
    * A crash in between recovers the old history whole, and the leader sends the transfer again.
    */
-  adoptHistory(historyId: string, seq: number, term: number, store: Store, kind: "snapshot" | "adopted"): void {
+  adoptHistory(historyId: string, seq: number, term: number, store: Store, kind: "snapshot" | "adopted", onDone?: () => void): void {
     this.history = historyId;
+    this.adopting++;
+    // Nothing after `seq` of the new history is on disk yet (what the old one had says nothing);
+    // a transfer's `seq` itself is, once its snapshot is written (acknowledged only after that).
+    this.writer.durableSeq = kind === "snapshot" ? seq : Math.min(this.writer.durableSeq, seq);
     this.writer.rollTo(join(this.o.dir, walName(historyId, seq + 1)));
     const entries = kind === "snapshot" ? store.snapshot() : null;
     this.chain = this.chain.then(async () => {
@@ -165,8 +175,11 @@ export class Durability {
         this.saveIdentity({ history_id: historyId });
         for (const f of listFiles(this.o.dir)) if (f.history !== historyId) removeFile(this.o.dir, f.name);
         this.olderWalBytes = 0;
+        this.adopting--;
+        onDone?.();
       } catch (e) {
-        this.o.log.error("could not persist the new history", { history_id: historyId, error: (e as NodeJS.ErrnoException).code ?? String(e) });
+        // Still adopting: this node acknowledges nothing more until it restarts (its disk holds the old history).
+        this.o.log.error("could not persist the new history: acknowledging nothing until restarted", { history_id: historyId, error: (e as NodeJS.ErrnoException).code ?? String(e) });
       }
     });
   }

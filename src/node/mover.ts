@@ -145,8 +145,11 @@ export class Mover {
     if (refused.size > 0) this.failedThisPass = true; // the owner disagrees about the ring: try again later
     let last = 0;
     let moved = 0;
+    // The ring may have changed while the batch was away: a key this group owns again stays (a
+    // delete made now would count as this owner's own and refuse the copy coming back).
+    const ring = this.d.ring();
     for (const it of items) {
-      if (refused.has(it.key)) continue;
+      if (refused.has(it.key) || ring.ownerOf(it.key) === this.d.group) continue;
       const seq = this.d.leader.deleteIfVersion(it.key, it.version);
       if (seq !== undefined) last = seq;
       moved++;

@@ -60,8 +60,9 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     if (config.leader) {
       // Every start as leader is a new term: entries written from now on are told apart from any
       // this node wrote before and may have lost (fsync never and a power cut).
+      // Saved once this node has claimed the group (below): a start refused for a rival leader
+      // must not leave a higher term behind, or starting it again would outrank that leader.
       term = Math.max(durability.identity.term, durability.recovered.term) + 1;
-      durability.saveIdentity({ term });
     }
   }
   const rec = durability?.recovered;
@@ -111,12 +112,21 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         durability
           ? {
               onEntry: (seq, frame) => durability.append(seq, frame),
-              onHistory: (h, seq, t, kind) => durability.adoptHistory(h, seq, t, store, kind),
+              onHistory: (h, seq, t, kind) => durability.adoptHistory(h, seq, t, store, kind, () => linkOut && sendAck(linkOut, durability.durableSeq)),
             }
           : {},
         rec ? { historyId, seq: rec.seq, term: rec.term } : undefined,
       );
   let linkOut: Outbox | null = null;
+  /**
+   * Acknowledge `seq` to the leader (the follower caps it at what it applied), but not while a
+   * full transfer is on its way or its new history is not yet on disk: our position then says
+   * nothing about the leader's entries, and -sync-replicas counts acknowledgements.
+   */
+  const sendAck = (out: Outbox, seq: number) => {
+    if (follower!.syncing || (durability !== null && durability.adopting > 0)) return;
+    out.send(follower!.ack(seq));
+  };
   if (durability) {
     await durability.open(
       (seq) => {
@@ -124,7 +134,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
           leader.durable(seq);
           durability.maybeSnapshot(leader.head, leader.termAt(leader.head), store, now());
         } else {
-          linkOut?.send(follower!.ack(seq));
+          if (linkOut) sendAck(linkOut, seq);
           durability.maybeSnapshot(follower!.applied, follower!.term, store, now());
         }
       },
@@ -249,7 +259,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
           for (const f of frames) {
             const err = follower.onFrame(f);
             if (err) return err;
-            if (f.type === FrameType.Ping) out.send(follower.ack(durability ? durability.durableSeq : follower.applied));
+            if (f.type === FrameType.Ping) sendAck(out, durability ? durability.durableSeq : follower.applied);
           }
           if (!linkUp && !follower.syncing && frames.some((f) => f.type === FrameType.Welcome || f.type === FrameType.SnapshotEnd)) {
             linkUp = true;
@@ -258,7 +268,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
           }
           if (follower.applied !== before || frames.some((f) => f.type === FrameType.SnapshotEnd)) {
             // A persistent follower acknowledges what is on its disk, when the log says so.
-            if (!durability) out.send(follower.ack());
+            if (!durability) sendAck(out, follower.applied);
             wakeWaiters();
           }
           return undefined;
@@ -410,6 +420,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     );
   }
   claimed = true;
+  if (leader && durability) durability.saveIdentity({ term });
   settle();
 
   const timers = [

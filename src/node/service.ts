@@ -59,8 +59,8 @@ export function createService(d: ServiceDeps): NodeService {
   const nativeHash = (s: string) => Bun.hash.murmur32v3(s);
   const rings = new RingCache(nativeHash);
   /**
-   * The rings this leader has served under since it started, each with the last sequence handed
-   * out before it: what the store holds for a key counts against a copy moved in only if it was
+   * The rings this leader has served under since it started, each with the last sequence applied
+   * before it (a write still pending then was for a key owned under both): what the store holds for a key counts against a copy moved in only if it was
    * written while this group owned the key and the group has owned it ever since (see ownedSince).
    */
   const ringEpochs: { seq: number; ring: HashRing }[] = [];
@@ -70,7 +70,7 @@ export function createService(d: ServiceDeps): NodeService {
     if (r !== lastRing) {
       lastRing = r;
       if (leader) {
-        ringEpochs.push({ seq: leader.proposed, ring: r });
+        ringEpochs.push({ seq: leader.head, ring: r });
         if (ringEpochs.length > RING_EPOCHS_KEPT) ringEpochs.shift();
       }
     }

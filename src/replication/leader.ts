@@ -29,6 +29,13 @@ export interface FollowerLink {
   next: number;
   /** Highest sequence the follower says it applied. */
   acked: number;
+  /**
+   * Highest sequence the follower acknowledged in an Ack after its stream began (after any full
+   * transfer): what -sync-replicas counts. A Hello's position, or acks during a transfer, do not.
+   */
+  confirmed: number;
+  /** Acks below this (the last full transfer's sequence) are the follower's position before it: not counted. */
+  confirmFloor: number;
   lastAckMs: number;
   /** Delay between a write and its ack, for the last acked write still in history. */
   lastDelayMs: number;
@@ -146,11 +153,6 @@ export class Leader {
     return this.applied;
   }
 
-  /** Last sequence handed out (pending writes included). */
-  get proposed(): number {
-    return this.seq;
-  }
-
 
   get historyFirstSeq(): number {
     return this.history.firstSeq;
@@ -249,11 +251,24 @@ export class Leader {
     return n;
   }
 
+  /** Each follower node's highest confirmed sequence (a node on two links, an old one not yet closed, counts once). */
+  private confirmedByNode(): Map<string, number> {
+    const best = new Map<string, number>();
+    for (const l of this.links) if (l.confirmed > (best.get(l.nodeId) ?? 0)) best.set(l.nodeId, l.confirmed);
+    return best;
+  }
+
   /** Followers that acknowledged `seq` (a persistent follower acknowledges what its log holds). */
   confirmedBy(seq: number): number {
     let n = 0;
-    for (const l of this.links) if (l.acked >= seq) n++;
+    for (const v of this.confirmedByNode().values()) if (v >= seq) n++;
     return n;
+  }
+
+  /** The highest sequence at least `n` followers acknowledged (0 when fewer than n have). */
+  private confirmedUpTo(n: number): number {
+    const v = [...this.confirmedByNode().values()].sort((a, b) => b - a);
+    return v.length < n ? 0 : v[n - 1]!;
   }
 
   /**
@@ -268,17 +283,22 @@ export class Leader {
     });
   }
 
-  /** Settle the replica waiters that are confirmed or past their deadline (all wait for the same n). */
+  /** Settle the replica waiters that are confirmed or past their deadline, in sequence order. */
   private settleReplicaWaiters(): void {
     const ws = this.replicaWaiters;
     if (ws.length === 0) return;
     const now = this.o.now();
+    let n = -1;
+    let upTo = 0;
     let i = 0;
     for (; i < ws.length; i++) {
       const w = ws[i]!;
-      const confirmed = this.confirmedBy(w.seq);
-      if (confirmed >= w.n) w.resolve();
-      else if (now >= w.deadline) w.reject(new ReplicationTimeout(w.seq, confirmed, w.n, w.timeoutMs));
+      if (w.n !== n) {
+        n = w.n;
+        upTo = this.confirmedUpTo(n);
+      }
+      if (w.seq <= upTo) w.resolve();
+      else if (now >= w.deadline) w.reject(new ReplicationTimeout(w.seq, this.confirmedBy(w.seq), w.n, w.timeoutMs));
       else break;
     }
     if (i > 0) this.replicaWaiters = ws.slice(i);
@@ -341,6 +361,8 @@ export class Leader {
       mode: "handshake",
       next: 0,
       acked: 0,
+      confirmed: 0,
+      confirmFloor: 0,
       lastAckMs: this.o.now(),
       lastDelayMs: 0,
       snapshot: null,
@@ -359,11 +381,16 @@ export class Leader {
     if (f.type === FrameType.Hello) return this.hello(link, f);
     if (f.type === FrameType.Ack) {
       if (link.mode === "handshake") return "ack before hello";
+      // During a full transfer the follower's position is not of our entries: ignored.
+      if (link.mode === "snapshot") return undefined;
       if (f.seq > this.applied) return `ack of ${f.seq} beyond head ${this.applied}`;
       if (f.seq > link.acked) {
         const t = this.history.timeOf(f.seq);
         if (t !== undefined) link.lastDelayMs = this.o.now() - t;
         link.acked = f.seq;
+      }
+      if (f.seq > link.confirmed && f.seq >= link.confirmFloor) {
+        link.confirmed = f.seq;
         this.settleReplicaWaiters();
       }
       link.lastAckMs = this.o.now();
@@ -387,7 +414,6 @@ export class Leader {
       link.mode = "stream";
       link.next = f.seq + 1;
       link.acked = f.seq; // what it holds is ours: a real position
-      this.settleReplicaWaiters();
       this.stats.tailCatchUps++;
       link.out.send(encodeFrame({ type: FrameType.Welcome, ...this.header(this.applied), historyId: this.o.historyId, mode: WelcomeMode.Tail }));
       this.o.log.info("follower joined, streaming from its position", { node_id: f.nodeId, from_seq: f.seq + 1, head: this.applied });
@@ -403,6 +429,7 @@ export class Leader {
     const entries = this.o.store.snapshot();
     const seq = this.applied;
     link.mode = "snapshot";
+    link.confirmFloor = seq;
     link.snapshot = { seq, term: this.termAt(seq), entries: entries[Symbol.iterator]() };
     this.stats.fullTransfers++;
     link.out.send(encodeFrame({ type: FrameType.SnapshotBegin, group: this.o.group, term: link.snapshot.term, seq, historyId: this.o.historyId, count: entries.length }));

@@ -106,4 +106,36 @@ describe("-sync-replicas", () => {
     expect((await leader.set("after", "3")).status).toBe(200);
     expect((await f.get("after")).body.value).toBe("3");
   });
+
+  test("a persistent follower fresh from a full transfer confirms nothing until the transfer is on its disk", async () => {
+    // Found by review: it confirmed writes streamed after the transfer while the transfer's
+    // snapshot was still being written; killed then, it came back with the old (empty) history.
+    await using c = await TestCluster.create();
+    const leader = await c.start({ leader: true, inMemory: true, extra: ["-sync-replicas", "1", "-history-entries", "1000"] });
+    const first = await c.start({ inMemory: true });
+    await awaitStreaming(leader, 1);
+    const val = "x".repeat(400);
+    for (let b = 0; b < 100; b++) {
+      const entries = Array.from({ length: 1000 }, (_, i) => ({ key: `pre${b}-${i}`, value: val }));
+      const r = await leader.request("/internal/import", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ entries }) });
+      expect(r.status).toBe(200);
+    }
+    await first.kill9();
+    await waitFor("the first follower to be gone", async () => ((await leader.cluster()).replication.followers as unknown[]).length === 0);
+
+    // A new persistent follower takes a full transfer of 100,000 keys; the first write it
+    // confirms is the moment both nodes die.
+    const dir = c.newDataDir();
+    const starting = c.start({ dataDir: dir });
+    let acked: string | null = null;
+    for (let n = 0; acked === null; n++) {
+      const r = await leader.set(`w${n}`, "v");
+      if (r.status === 200) acked = `w${n}`;
+      else expect(r.status).toBe(503);
+    }
+    const f = await starting;
+    await Promise.all([f.kill9(), leader.kill9()]);
+    const again = await c.start({ dataDir: dir });
+    expect((await again.get(acked)).status).toBe(200);
+  });
 });

@@ -751,6 +751,19 @@ describe("Leader: waiting for followers (-sync-replicas)", () => {
   });
 });
 
+test("-sync-replicas: acks of a follower taking a full transfer (its old position, of another history) confirm nothing", async () => {
+  const sim = new Sim();
+  const link = sim.leader.attach(new Outbox(new FakeWire()), "x");
+  for (let i = 1; i <= 5; i++) sim.set(`k${i}`, "new");
+  expect(sim.leader.onFrame(link, { type: FrameType.Hello, ...h(3), cluster: CLUSTER, nodeId: "f", historyId: "old-history" })).toBeUndefined();
+  let resolved = false;
+  void sim.leader.whenReplicated(3, 1, 5000).then(() => (resolved = true));
+  expect(sim.leader.onFrame(link, { type: FrameType.Ack, ...h(3) })).toBeUndefined();
+  await Promise.resolve();
+  expect(resolved).toBe(false);
+  expect(sim.leader.confirmedBy(3)).toBe(0);
+});
+
 describe("Leader handshake", () => {
   const hello = (p: Partial<Extract<Frame, { type: 1 }>> = {}): Frame => ({
     type: FrameType.Hello,
