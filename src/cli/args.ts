@@ -111,6 +111,7 @@ export function toConfig(args: ParsedArgs<typeof argsDef>): NodeConfig {
   const inMemory = bool("in-memory", args["in-memory"]);
   let dataDir: string | null = null;
   if (!inMemory) {
+    if (args["data-dir"] !== undefined && String(args["data-dir"]) === "") throw new UsageError("invalid value for -data-dir: it is empty (leave the flag out for the default, data/<port>)");
     dataDir = args["data-dir"] === undefined ? "" : String(args["data-dir"]);
     if (dataDir === "") {
       if (port === 0) throw new UsageError("-port 0 needs -data-dir (the default data dir is named after the port) or -in-memory");

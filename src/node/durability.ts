@@ -205,7 +205,8 @@ export class Durability {
 
   async close(): Promise<void> {
     await this.chain;
-    await this.writer.close();
+    if (!(await this.writer.close()))
+      this.o.log.error("the log still holds writes that were refused (503/507) and could not be cut off: they will be replayed at the next start", { dir: this.o.dir });
     unlockDir(this.o.dir);
   }
 }

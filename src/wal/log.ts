@@ -183,12 +183,16 @@ export class LogWriter {
     return this.queue.length;
   }
 
-  /** Flush what is queued and close the file. */
-  async close(): Promise<void> {
+  /**
+   * Flush what is queued and close the file. Resolves false when records of a failed write could
+   * not be cut off: they will be read back at the next start.
+   */
+  async close(): Promise<boolean> {
     this.closed = true; // no new flushes scheduled: what is queued is flushed here
     await this.inflight;
     if (this.queue.length > 0) await this.flush();
     if (this.tailDirty) await this.cutBack().catch(() => {});
     await this.fh.close();
+    return !this.tailDirty;
   }
 }

@@ -148,6 +148,7 @@ describe("parseConfig", () => {
     expect(usageError(["-broadcast", "nope"])).toContain("-broadcast");
     expect(usageError(["-max-key-bytes", "0"])).toContain("-max-key-bytes");
     expect(usageError(["-history-entries", "0"])).toContain("-history-entries");
+    expect(usageError(["-data-dir", ""])).toContain("-data-dir");
     expect(usageError(["-sync-replicas", "-1"])).toContain("-sync-replicas");
     expect(usageError(["-sync-replicas", "65"])).toContain("-sync-replicas");
     expect(usageError(["-sync-timeout-ms", "0"])).toContain("-sync-timeout-ms");
