@@ -405,15 +405,20 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   // Peers answer a newcomer's first announcement within ~50 ms: give them that long, so the ring
   // this node routes with holds every group from its first request.
   await new Promise((r) => setTimeout(r, Math.min(START_SETTLE_MS, config.heartbeatMs)));
+  /** Announce leaving and close every socket (stop, or a start refused below). */
+  const closeSockets = async () => {
+    discovery.stop();
+    link?.close();
+    links.close();
+    replication.stop();
+    await http.stop(true);
+  };
   // A second -leader for a group that already has one would win on a tie of terms half the time
   // (lowest node id), and its followers would swap their data for its empty store. Refuse. (Until
   // here it turned followers away, so none has; they go back to the leader they had.)
   const rival = leader ? membership.leadersOf(config.group).find((m) => m.nodeId !== nodeId && m.term >= term) : undefined;
   if (rival) {
-    discovery.stop();
-    links.close();
-    replication.stop();
-    await http.stop(true);
+    await closeSockets();
     await durability?.close();
     throw new Error(
       `group ${config.group} already has a leader (node ${rival.nodeId} at ${rival.host}:${rival.clusterPort}, term ${rival.term}): start this node without -leader to follow it, or stop that leader first`,
@@ -458,11 +463,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       stopping = true;
       for (const t of timers) clearInterval(t);
       if (reconnectTimer) clearTimeout(reconnectTimer);
-      discovery.stop();
-      link?.close();
-      links.close();
-      replication.stop();
-      await http.stop(true);
+      await closeSockets();
       for (const w of applyWaiters) w.resolve();
       await durability?.close();
       log.info("kvnode stopped", { node_id: nodeId });

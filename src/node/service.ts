@@ -60,8 +60,9 @@ export function createService(d: ServiceDeps): NodeService {
   const rings = new RingCache(nativeHash);
   /**
    * The rings this leader has served under since it started, each with the last sequence applied
-   * before it (a write still pending then was for a key owned under both): what the store holds for a key counts against a copy moved in only if it was
-   * written while this group owned the key and the group has owned it ever since (see ownedSince).
+   * before it (a write still pending then was for a key owned under both). What the store holds
+   * for a key counts against a copy moved in only if it was written while this group owned the
+   * key and the group has owned it ever since (see ownedSince).
    */
   const ringEpochs: { seq: number; ring: HashRing }[] = [];
   let lastRing: HashRing | null = null;

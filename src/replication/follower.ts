@@ -29,8 +29,6 @@ export class Follower {
   /** Term of the entry at `applied` (what Hello reports, so a leader can tell a diverged log). */
   term = 0;
   private welcomed = false;
-  /** Welcomed for a full transfer that has not ended yet. */
-  private transferring = false;
   /** A full transfer in progress, staged in a store of its own (as bytes) until its end. */
   private staging: { seq: number; historyId: string; count: number; store: Store } | null = null;
   readonly stats: FollowerStats = { fullTransfers: 0, tailCatchUps: 0, applied: 0 };
@@ -50,15 +48,17 @@ export class Follower {
     }
   }
 
-  /** A full transfer is on its way: until it ends, our position is not the leader's (do not acknowledge it). */
+  /**
+   * A full transfer is on its way (the leader sends SnapshotBegin right behind its Welcome): until
+   * it ends, our position is not the leader's (do not acknowledge it).
+   */
   get syncing(): boolean {
-    return this.staging !== null || this.transferring;
+    return this.staging !== null;
   }
 
   /** The first frame on a new link: where we are. */
   hello(): Uint8Array {
     this.welcomed = false;
-    this.transferring = false;
     this.staging = null;
     return encodeFrame({
       type: FrameType.Hello,
@@ -91,7 +91,6 @@ export class Follower {
     switch (f.type) {
       case FrameType.Welcome:
         this.welcomed = true;
-        this.transferring = f.mode !== WelcomeMode.Tail;
         if (f.mode === WelcomeMode.Tail) {
           if (this.historyId !== f.historyId) {
             this.historyId = f.historyId;
@@ -109,7 +108,6 @@ export class Follower {
         for (const e of f.entries) {
           if (this.staging.store.versionOf(e.key) !== 0) {
             this.staging = null; // the link closes; what was staged is not kept through the reconnect
-            this.transferring = false;
             return `key sent twice in a snapshot: "${e.key.slice(0, 64)}"`;
           }
           this.staging.store.set(e.key, e.value, e.version);
@@ -120,7 +118,6 @@ export class Follower {
         if (!s || f.seq !== s.seq) return "snapshot end outside a snapshot";
         if (s.store.size !== s.count) {
           this.staging = null;
-          this.transferring = false;
           return `snapshot said it holds ${s.count} keys, it sent ${s.store.size}`;
         }
         this.store.adopt(s.store);
@@ -128,7 +125,6 @@ export class Follower {
         this.term = f.term;
         this.historyId = s.historyId;
         this.staging = null;
-        this.transferring = false;
         this.stats.fullTransfers++;
         this.hooks.onHistory?.(s.historyId, s.seq, f.term, "snapshot");
         return undefined;

@@ -34,8 +34,8 @@ export interface FollowerLink {
    * transfer): what -sync-replicas counts. A Hello's position, or acks during a transfer, do not.
    */
   confirmed: number;
-  /** Acks below this (the last full transfer's sequence) are the follower's position before it: not counted. */
-  confirmFloor: number;
+  /** Acks below this (the last full transfer's sequence) are the follower's position before it: ignored. */
+  ackFloor: number;
   lastAckMs: number;
   /** Delay between a write and its ack, for the last acked write still in history. */
   lastDelayMs: number;
@@ -276,7 +276,7 @@ export class Leader {
    * rejects with ReplicationTimeout after `timeoutMs`. The write stays applied either way.
    */
   whenReplicated(seq: number, n: number, timeoutMs: number): Promise<void> {
-    if (this.confirmedBy(seq) >= n) return Promise.resolve();
+    if (seq <= this.confirmedUpTo(n)) return Promise.resolve();
     return new Promise((resolve, reject) => {
       this.replicaWaiters.push({ seq, n, timeoutMs, deadline: this.o.now() + timeoutMs, resolve, reject });
       if (this.replicaWaiters.length === 1) this.armReplicaTimer(timeoutMs);
@@ -362,7 +362,7 @@ export class Leader {
       next: 0,
       acked: 0,
       confirmed: 0,
-      confirmFloor: 0,
+      ackFloor: 0,
       lastAckMs: this.o.now(),
       lastDelayMs: 0,
       snapshot: null,
@@ -381,15 +381,16 @@ export class Leader {
     if (f.type === FrameType.Hello) return this.hello(link, f);
     if (f.type === FrameType.Ack) {
       if (link.mode === "handshake") return "ack before hello";
-      // During a full transfer the follower's position is not of our entries: ignored.
-      if (link.mode === "snapshot") return undefined;
+      // During a full transfer, and for a while after (acks in flight), the follower reports the
+      // position it had before it: not one of our entries.
+      if (link.mode === "snapshot" || f.seq < link.ackFloor) return undefined;
       if (f.seq > this.applied) return `ack of ${f.seq} beyond head ${this.applied}`;
       if (f.seq > link.acked) {
         const t = this.history.timeOf(f.seq);
         if (t !== undefined) link.lastDelayMs = this.o.now() - t;
         link.acked = f.seq;
       }
-      if (f.seq > link.confirmed && f.seq >= link.confirmFloor) {
+      if (f.seq > link.confirmed) {
         link.confirmed = f.seq;
         this.settleReplicaWaiters();
       }
@@ -429,7 +430,7 @@ export class Leader {
     const entries = this.o.store.snapshot();
     const seq = this.applied;
     link.mode = "snapshot";
-    link.confirmFloor = seq;
+    link.ackFloor = seq;
     link.snapshot = { seq, term: this.termAt(seq), entries: entries[Symbol.iterator]() };
     this.stats.fullTransfers++;
     link.out.send(encodeFrame({ type: FrameType.SnapshotBegin, group: this.o.group, term: link.snapshot.term, seq, historyId: this.o.historyId, count: entries.length }));

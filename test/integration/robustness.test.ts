@@ -48,6 +48,15 @@ function tcpSend(port: number, bytes: Uint8Array): Promise<{ closedByPeer: boole
   });
 }
 
+/** Run kvnode with `args` until it exits by itself (killed after 15 s): its status and stderr. */
+async function runToExit(args: string[]): Promise<{ code: number; stderr: string }> {
+  const proc = Bun.spawn([process.execPath, "src/cli/main.ts", ...args], { cwd: join(import.meta.dir, "..", ".."), stderr: "pipe", stdout: "ignore" });
+  const timer = setTimeout(() => proc.kill(), 15_000);
+  const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+  clearTimeout(timer);
+  return { code, stderr };
+}
+
 describe("the discovery port", () => {
   test("several sockets on one host can bind the same UDP port with SO_REUSEADDR (flags: 16)", async () => {
     // Pins the undocumented Bun option the whole one-host cluster relies on (PLATFORM.md).
@@ -118,12 +127,9 @@ describe("the API port", () => {
     await using c = await TestCluster.create();
     const n = await c.start({ leader: true, inMemory: true });
     const args = c.args({ inMemory: true, api: n.apiPort, group: 1, leader: true });
-    const proc = Bun.spawn([process.execPath, "src/cli/main.ts", ...args], { cwd: join(import.meta.dir, "..", ".."), stderr: "pipe", stdout: "ignore" });
-    const timer = setTimeout(() => proc.kill(), 15_000);
-    const code = await proc.exited;
-    clearTimeout(timer);
+    const { code, stderr } = await runToExit(args);
     expect(code).toBe(1);
-    expect(await new Response(proc.stderr).text()).toContain(`port ${n.apiPort} in use`);
+    expect(stderr).toContain(`port ${n.apiPort} in use`);
     expect((await n.set("still", "here")).status).toBe(200);
     expect((await n.get("still")).body).toEqual({ key: "still", value: "here", version: 1 });
   });
@@ -132,12 +138,9 @@ describe("the API port", () => {
     await using c = await TestCluster.create();
     const n = await c.start({ leader: true, inMemory: true });
     const args = c.args({ inMemory: true, port: n.clusterPort, group: 1, leader: true });
-    const proc = Bun.spawn([process.execPath, "src/cli/main.ts", ...args], { cwd: join(import.meta.dir, "..", ".."), stderr: "pipe", stdout: "ignore" });
-    const timer = setTimeout(() => proc.kill(), 15_000);
-    const code = await proc.exited;
-    clearTimeout(timer);
+    const { code, stderr } = await runToExit(args);
     expect(code).toBe(1);
-    expect(await new Response(proc.stderr).text()).toContain(`Is port ${n.clusterPort} in use?`);
+    expect(stderr).toContain(`Is port ${n.clusterPort} in use?`);
     expect((await n.set("still", "here")).status).toBe(200);
   });
 });
@@ -165,12 +168,9 @@ describe("starting and stopping", () => {
     // must not leave a higher term behind that wins the second time.
     const args = c.args({ leader: true, dataDir: c.newDataDir() });
     for (let attempt = 0; attempt < 2; attempt++) {
-      const proc = Bun.spawn([process.execPath, "src/cli/main.ts", ...args], { cwd: join(import.meta.dir, "..", ".."), stderr: "pipe", stdout: "ignore" });
-      const timer = setTimeout(() => proc.kill(), 15_000);
-      const code = await proc.exited;
-      clearTimeout(timer);
+      const { code, stderr } = await runToExit(args);
       expect(code).toBe(1);
-      expect(await new Response(proc.stderr).text()).toContain(`group 0 already has a leader (node ${a.nodeId}`);
+      expect(stderr).toContain(`group 0 already has a leader (node ${a.nodeId}`);
     }
     expect((await f.health()).keys).toBe(10);
     expect((await a.set("more", "1")).status).toBe(200);
