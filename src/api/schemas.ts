@@ -3,14 +3,14 @@ import { Type } from "@sinclair/typebox";
 import { t } from "elysia";
 const Int = Type.Integer;
 
-export const ErrorBody = t.Object(
-  {
-    error: t.String({ description: "What went wrong, in one line" }),
-    key: t.Optional(t.String()),
-    group: t.Optional(Int()),
-  },
-  { description: "Every error answer has this shape" },
-);
+const errorFields = {
+  error: t.String({ description: "What went wrong, in one line" }),
+  key: t.Optional(t.String({ description: "The key, when the answer is about one" })),
+  group: t.Optional(Int({ description: "The group that could not be reached or written, on a 503" })),
+};
+
+/** An error answer (every one is a JSON object of this shape); `when` documents what gives it. */
+export const errorBody = (when: string) => t.Object(errorFields, { description: when });
 
 /**
  * Request schemas allow fields and parameters they do not name (a client's extra field or a
@@ -51,10 +51,14 @@ export const KeysReply = t.Object({
   cursor: t.Optional(t.Union([t.String(), t.Null()], { description: "With limit: pass as cursor for the next page; null on the last page" })),
 });
 
-export const KeyQuery = t.Object({ key: t.Optional(t.String({ description: "The key" })) }, open);
+/**
+ * `key` is required: a request without it is refused before the handler runs, and app.ts words
+ * that refusal as the handler would ("Missing key: pass it as ?key=").
+ */
+export const KeyQuery = t.Object({ key: t.String({ description: "The key" }) }, open);
 
 export const GetQuery = t.Object({
-  key: t.Optional(t.String({ description: "The key" })),
+  key: t.String({ description: "The key" }),
   replica: t.Optional(t.String({ description: "any: a follower of the owner group may answer (possibly a few ms stale)" })),
 }, open);
 

@@ -309,9 +309,9 @@ describe("GET /get", () => {
 
   test("answers 400 for a missing or empty key parameter and 413 for an oversized key", async () => {
     const { call, get } = setup({ keyBytesMax: 16, valueBytesMax: 32 });
-    await expectError(await call("GET", "/get"), 400);
-    await expectError(await call("GET", "/get?key="), 400);
-    await expectError(await call("GET", "/get?other=1"), 400);
+    expect((await expectError(await call("GET", "/get"), 400)).error).toBe("Missing key: pass it as ?key=");
+    expect((await expectError(await call("GET", "/get?key="), 400)).error).toBe("Key must not be empty");
+    expect((await expectError(await call("GET", "/get?other=1&replica=any"), 400)).error).toBe("Missing key: pass it as ?key=");
     await expectError(await get("k".repeat(17)), 413);
   });
 });
@@ -330,7 +330,7 @@ describe("DELETE /delete", () => {
 
   test("answers 400 for a missing or empty key and 413 for an oversized one", async () => {
     const { call, del, service } = setup({ keyBytesMax: 16, valueBytesMax: 32 });
-    await expectError(await call("DELETE", "/delete"), 400);
+    expect((await expectError(await call("DELETE", "/delete"), 400)).error).toBe("Missing key: pass it as ?key=");
     await expectError(await call("DELETE", "/delete?key="), 400);
     await expectError(await del("k".repeat(17)), 413);
     expect(service.calls).toEqual([]);

@@ -106,7 +106,7 @@ describe("GET /swagger/json", () => {
   test.each(endpoints.filter((e) => e.takes === "key"))("$method $path documents the key query parameter", async ({ path, method }) => {
     const op = (await specDocument()).paths[path][method];
     const key = (op.parameters ?? []).find((p: Json) => p.name === "key");
-    expect(key).toMatchObject({ in: "query", schema: { type: "string" } });
+    expect(key).toMatchObject({ in: "query", required: true, schema: { type: "string" } });
     expect(op.requestBody).toBeUndefined();
   });
 
@@ -123,12 +123,26 @@ describe("GET /swagger/json", () => {
     expect(params.sort()).toEqual([["cursor", "query", false], ["limit", "query", false], ["prefix", "query", false], ["scope", "query", false]]);
   });
 
-  test("the key-taking endpoints document their JSON error answers", async () => {
+  test("each endpoint documents the error answers it can give, and only those, each with what gives it", async () => {
     const doc = await specDocument();
-    for (const { path, method } of endpoints.filter((e) => e.takes === "key" || e.takes === "body")) {
-      for (const status of ["400", "404", "413", "503"]) {
-        const schema = doc.paths[path][method].responses[status]?.content?.["application/json"]?.schema;
-        expect({ path, status, required: schema?.required }).toEqual({ path, status, required: ["error"] });
+    const errors: Record<string, string[]> = {
+      "/set": ["400", "413", "503", "507"],
+      "/get": ["400", "404", "413", "503"],
+      "/delete": ["400", "413", "503", "507"],
+      "/keys": ["400", "503"],
+      "/admin/drain": ["503"],
+      "/cluster": [],
+      "/health": [],
+    };
+    for (const { path, method } of endpoints) {
+      const responses = doc.paths[path][method].responses as Json;
+      expect({ path, statuses: Object.keys(responses).filter((s) => s !== "200").sort() }).toEqual({ path, statuses: errors[path]! });
+      for (const status of errors[path]!) {
+        const r = responses[status];
+        const schema = r?.content?.["application/json"]?.schema;
+        expect({ path, status, required: schema?.required, error: schema?.properties?.error?.type }).toEqual({ path, status, required: ["error"], error: "string" });
+        // Says when it is given, not just the shape.
+        expect(r.description).not.toMatch(/^Response for status/);
       }
     }
   });
