@@ -52,7 +52,10 @@ const endpoints = [
   { path: "/cluster", method: "get", takes: "nothing" },
   { path: "/health", method: "get", takes: "nothing" },
   { path: "/admin/drain", method: "post", takes: "nothing" },
+  { path: "/metrics", method: "get", takes: "nothing" },
 ] as const;
+/** Endpoints answering JSON (/metrics answers Prometheus text). */
+const jsonEndpoints = endpoints.filter((e) => e.path !== "/metrics");
 
 describe("GET /swagger/json", () => {
   test("is an OpenAPI 3.1 document that passes the OAS 3.1 schema validator", async () => {
@@ -77,7 +80,7 @@ describe("GET /swagger/json", () => {
     }
   });
 
-  test.each(endpoints)("$method $path has a JSON schema for its 200 response", async ({ path, method }) => {
+  test.each(jsonEndpoints)("$method $path has a JSON schema for its 200 response", async ({ path, method }) => {
     const op = (await specDocument()).paths[path]?.[method];
     expect(op).toBeDefined();
     expect(typeof op.summary).toBe("string");
@@ -123,6 +126,12 @@ describe("GET /swagger/json", () => {
     expect(params.sort()).toEqual([["cursor", "query", false], ["limit", "query", false], ["prefix", "query", false], ["scope", "query", false]]);
   });
 
+  test("get /metrics documents a text/plain answer", async () => {
+    const op = (await specDocument()).paths["/metrics"].get;
+    expect(typeof op.summary).toBe("string");
+    expect(op.responses["200"]).toMatchObject({ description: expect.stringContaining("Prometheus"), content: { "text/plain": { schema: { type: "string" } } } });
+  });
+
   test("each endpoint documents the error answers it can give, and only those, each with what gives it", async () => {
     const doc = await specDocument();
     const errors: Record<string, string[]> = {
@@ -133,6 +142,7 @@ describe("GET /swagger/json", () => {
       "/admin/drain": ["503"],
       "/cluster": [],
       "/health": [],
+      "/metrics": [],
     };
     for (const { path, method } of endpoints) {
       const responses = doc.paths[path][method].responses as Json;
