@@ -289,9 +289,10 @@ export function createService(d: ServiceDeps): NodeService {
       const other = misdirected(key, ctx);
       if (other) return links.forward(other.to, RequestOp.Delete, key, "", { hops: ctx.hops, group: other.group });
       replicasUp(`delete "${key.slice(0, 64)}"`);
-      let { existed, seq } = leader!.delete(key);
-      let wrote = existed;
-      if (!existed && rebalancing() && !ctx.noFallback) {
+      let { existed, seq, pending } = leader!.delete(key);
+      // A delete of it is on its way to the log: answered with that delete, once it is durable.
+      let wrote = existed || pending;
+      if (!wrote && rebalancing() && !ctx.noFallback) {
         // The key may not have moved here yet: a tombstone keeps the move from bringing it back.
         existed = (await fallbackRead(key, ctx)).status === 200;
         seq = leader!.tombstone(key);

@@ -199,12 +199,18 @@ export class Leader {
     return this.propose(key, value);
   }
 
-  /** Propose a delete; a missing key changes nothing and takes no sequence. */
-  delete(key: string): { existed: boolean; seq: number } {
+  /**
+   * Propose a delete; a missing key changes nothing and takes no sequence. When the key's last
+   * change is a delete still on its way to the log, `seq` is that delete's (`pending`): the caller
+   * must not answer before it is durable, as its own proposer does not (answering at once told a
+   * client the key was gone while a read still found it, and a crash could bring it back).
+   */
+  delete(key: string): { existed: boolean; seq: number; pending: boolean } {
     const p = this.overlay.get(key);
-    const exists = p ? p.value !== null : this.o.store.get(key) !== undefined;
-    if (!exists) return { existed: false, seq: this.applied };
-    return { existed: true, seq: this.propose(key, null) };
+    if (p !== undefined && p.value === null) return { existed: false, seq: p.seq, pending: true };
+    const exists = p ? true : this.o.store.get(key) !== undefined;
+    if (!exists) return { existed: false, seq: this.applied, pending: false };
+    return { existed: true, seq: this.propose(key, null), pending: false };
   }
 
   /**

@@ -38,6 +38,36 @@ function walFiles(dir: string) {
   return readdirSync(dir).filter((f) => f.startsWith("wal-")).sort();
 }
 
+describe("a delete answered is a delete made", () => {
+  test("of two deletes of a key sent together, neither is answered before the key is gone: a read right after either answer misses, and so does one after kill -9", async () => {
+    // Found by an audit: the second delete saw the first one pending in the log and answered
+    // deleted:false at once, while a read still found the key and a crash could bring it back.
+    await using c = await TestCluster.create({ heartbeatMs: 50, staleMs: 1000 });
+    const dir = c.newDataDir();
+    const leader = await c.start({ leader: true, dataDir: dir, extra: ["-fsync", "always"] });
+    const startedAt = performance.now();
+    // The first ~1.1 s after a start (2 heartbeats + 1 s) is the rebalancing window, where a
+    // delete of a key not found goes another way: keep going well past it.
+    const deleted: string[] = [];
+    const stillThere: string[] = [];
+    for (let i = 0; i < 40 || performance.now() - startedAt < 2500; i++) {
+      const key = `d${i}`;
+      expect((await leader.set(key, "v")).status).toBe(200);
+      await Promise.all([0, 1].map(async () => {
+        const r = await leader.del(key);
+        expect(r.status).toBe(200);
+        if ((await leader.get(key)).status !== 404) stillThere.push(`${key} (after an answer deleted: ${r.body.deleted})`);
+      }));
+      deleted.push(key);
+    }
+    expect(stillThere).toEqual([]);
+    await leader.kill9();
+    const again = await c.start({ leader: true, dataDir: dir, extra: ["-fsync", "always"] });
+    expect((await again.request("/keys")).body.keys).toEqual([]);
+    expect(deleted.length).toBeGreaterThanOrEqual(40);
+  });
+});
+
 describe("kill -9 of a leader during a stream of writes", () => {
   for (const mode of ["always", "batch"]) {
     test(`-fsync ${mode}: after restart every acknowledged write is there with its value, nothing else appears`, async () => {

@@ -804,13 +804,35 @@ describe("Leader handshake", () => {
     const sim = new Sim();
     expect(sim.set("a", "1")).toBe(1);
     expect(sim.set("b", "2")).toBe(2);
-    expect(sim.delete("a")).toEqual({ existed: true, seq: 3 });
+    expect(sim.delete("a")).toEqual({ existed: true, seq: 3, pending: false });
     expect(sim.set("a", "again")).toBe(4);
     expect(sim.leader.head).toBe(4);
     expect(content(sim.leaderStore)).toEqual([
       ["a", "again", 4],
       ["b", "2", 2],
     ]);
+  });
+
+  test("with a log, a delete of a key whose delete is still on its way to the log names that delete, and is applied only with it", () => {
+    const store = new Store();
+    const appended: number[] = [];
+    const leader = new Leader({
+      store, group: GROUP, term: 1, historyId: HISTORY_ID, cluster: CLUSTER, historyEntries: 100,
+      now: () => 0, log: silentLogger, schedule: () => {}, wal: { append: (seq) => void appended.push(seq) },
+    });
+    expect(leader.set("a", "1")).toBe(1);
+    leader.durable(1);
+    expect(leader.delete("a")).toEqual({ existed: true, seq: 2, pending: false });
+    // A second delete before the first is durable: nothing new is proposed; the caller must wait for seq 2.
+    expect(leader.delete("a")).toEqual({ existed: false, seq: 2, pending: true });
+    expect(appended).toEqual([1, 2]);
+    expect(store.get("a")?.value).toBe("1"); // not applied yet: a read still finds it
+    leader.durable(2);
+    expect(store.get("a")).toBeUndefined();
+    expect(leader.delete("a")).toEqual({ existed: false, seq: 2, pending: false });
+    // A pending write is a key that exists: deleting it proposes a delete.
+    expect(leader.set("b", "1")).toBe(3);
+    expect(leader.delete("b")).toEqual({ existed: true, seq: 4, pending: false });
   });
 
   test("deleting a missing key takes no sequence and sends nothing", () => {
@@ -820,10 +842,10 @@ describe("Leader handshake", () => {
     sim.settle();
     const sent = sim.conn!.leaderWire.totalBytes;
     sim.scheduled = false;
-    expect(sim.delete("missing")).toEqual({ existed: false, seq: 1 });
+    expect(sim.delete("missing")).toEqual({ existed: false, seq: 1, pending: false });
     expect(sim.scheduled).toBe(false);
     sim.delete("a");
-    expect(sim.delete("a")).toEqual({ existed: false, seq: 2 }); // already deleted
+    expect(sim.delete("a")).toEqual({ existed: false, seq: 2, pending: false }); // already deleted
     expect(sim.leader.head).toBe(2);
     sim.settle();
     expectInSync(sim);
