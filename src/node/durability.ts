@@ -8,7 +8,7 @@ import { StorageFullError, UnavailableError } from "../lib/errors.ts";
 import type { Logger } from "../lib/log.ts";
 import type { Frame } from "../protocol/frame.ts";
 import type { Store } from "../store/store.ts";
-import { type Identity, dirBytes, listFiles, removeFile, unlockDir, walName, writeIdentity } from "../wal/files.ts";
+import { type Identity, dirBytes, listFiles, listTemp, removeFile, unlockDir, walName, writeIdentity } from "../wal/files.ts";
 import { type FsyncMode, LogWriter } from "../wal/log.ts";
 import { encodeRecord } from "../wal/record.ts";
 import { type Recovered, recover } from "../wal/recover.ts";
@@ -132,7 +132,7 @@ export class Durability {
       } catch (e) {
         this.snapshotRetryAt = performance.now() + 5_000;
         this.o.log.error("snapshot failed, will retry", { seq, error: (e as NodeJS.ErrnoException).code ?? String(e) });
-        for (const f of listFiles(this.o.dir)) if (f.name.endsWith(".tmp")) removeFile(this.o.dir, f.name);
+        for (const name of listTemp(this.o.dir)) removeFile(this.o.dir, name);
       } finally {
         this.snapshotting = false;
       }

@@ -41,6 +41,11 @@ export function listFiles(dir: string): DirFile[] {
   return out.sort((a, b) => a.seq - b.seq);
 }
 
+/** Files being written when a write was cut short (a crash, a failed snapshot): `*.tmp`, never read. */
+export function listTemp(dir: string): string[] {
+  return readdirSync(dir).filter((name) => name.endsWith(".tmp"));
+}
+
 export function fsyncDir(dir: string): void {
   const fd = openSync(dir, "r");
   try {
@@ -67,8 +72,13 @@ export function writeAtomic(dir: string, name: string, data: string | Uint8Array
 export function readIdentity(dir: string): Identity | undefined {
   const p = join(dir, "node.json");
   if (!existsSync(p)) return undefined;
-  const j = JSON.parse(readFileSync(p, "utf8")) as Identity;
-  if (typeof j.node_id !== "string" || typeof j.history_id !== "string" || typeof j.term !== "number")
+  let j: Identity;
+  try {
+    j = JSON.parse(readFileSync(p, "utf8")) as Identity;
+  } catch (e) {
+    throw new Error(`${p} is damaged (${(e as Error).message}): it names this node and its history; restore it from a backup, or move the data dir away to start empty`);
+  }
+  if (typeof j !== "object" || j === null || typeof j.node_id !== "string" || typeof j.history_id !== "string" || typeof j.term !== "number")
     throw new Error(`${p} is not a kvnode identity file`);
   return j;
 }

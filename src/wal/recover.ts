@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { Logger } from "../lib/log.ts";
 import { type Frame, FrameType } from "../protocol/frame.ts";
 import type { Store } from "../store/store.ts";
-import { type Identity, ensureDir, listFiles, lockDir, readIdentity, removeFile, walName, writeIdentity } from "./files.ts";
+import { type Identity, ensureDir, listFiles, listTemp, lockDir, readIdentity, removeFile, walName, writeIdentity } from "./files.ts";
 import { scanRecords } from "./record.ts";
 import { loadSnapshot } from "./snapshot.ts";
 
@@ -49,8 +49,21 @@ export interface Recovered {
 export function recover(store: Store, o: RecoveryOptions): Recovered {
   ensureDir(o.dir);
   lockDir(o.dir);
+  for (const name of listTemp(o.dir)) {
+    // A snapshot or node.json cut short by a crash: the whole file it was to replace is still here.
+    removeFile(o.dir, name);
+    o.log.info("removed an unfinished file", { file: name });
+  }
   let identity = readIdentity(o.dir);
   if (!identity) {
+    // node.json is written before any log or snapshot and only ever replaced whole: files
+    // without it mean it was lost. Starting afresh would take them for an older history and
+    // delete them.
+    const orphans = listFiles(o.dir);
+    if (orphans.length > 0)
+      throw new RecoveryError(
+        `data dir ${o.dir} holds ${orphans.length} log and snapshot file${orphans.length === 1 ? "" : "s"} (${orphans[0]!.name}...) but no node.json: restore node.json, or move the files away to start empty`,
+      );
     identity = { node_id: o.newId(), history_id: o.newId(), term: 0, group: o.group };
     writeIdentity(o.dir, identity);
     o.log.info("new data dir", { dir: o.dir, node_id: identity.node_id });

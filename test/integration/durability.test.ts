@@ -4,7 +4,7 @@
  * rejoin from their own data.
  */
 import { describe, expect, test } from "bun:test";
-import { appendFileSync, readdirSync, statSync, writeFileSync, readFileSync, mkdirSync } from "node:fs";
+import { appendFileSync, readdirSync, rmSync, statSync, writeFileSync, readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { $ } from "bun";
 import { type NodeProc, TestCluster } from "../support/cluster.ts";
@@ -135,6 +135,58 @@ describe("the log on disk", () => {
     expect(code).toBe(1);
     expect(err).toContain(path);
     expect(err).toMatch(/corrupt at offset 0/);
+  });
+
+  test("a data dir that lost node.json, or whose node.json is damaged, is refused, naming it, and its files are kept", async () => {
+    // Found by an audit: without node.json the node started empty under a new history and
+    // deleted every log and snapshot file as "of an older history".
+    await using c = await TestCluster.create();
+    const dir = c.newDataDir();
+    const n = await c.start({ leader: true, dataDir: dir, extra: ["-snapshot-bytes", "4096"] });
+    for (let i = 0; i < 60; i++) expect((await n.set(`j${i}`, "x".repeat(100))).status).toBe(200);
+    expect(await n.stop()).toBe(0);
+    const identity = readFileSync(join(dir, "node.json"));
+    const files = readdirSync(dir).filter((f) => /^(wal|snap)-/.test(f)).sort();
+    expect(files.length).toBeGreaterThan(0);
+
+    const startFails = async () => {
+      const proc = Bun.spawn([process.execPath, "src/cli/main.ts", ...c.args({ leader: true, dataDir: dir })], { cwd: join(import.meta.dir, "..", ".."), stderr: "pipe", stdout: "ignore" });
+      const code = await proc.exited;
+      return { code, err: await new Response(proc.stderr).text() };
+    };
+    rmSync(join(dir, "node.json"));
+    const missing = await startFails();
+    expect(missing.code).toBe(1);
+    expect(missing.err).toContain(`data dir ${dir} holds`);
+    expect(missing.err).toContain("but no node.json");
+    expect(readdirSync(dir).filter((f) => /^(wal|snap)-/.test(f)).sort()).toEqual(files);
+
+    writeFileSync(join(dir, "node.json"), identity.subarray(0, 20)); // cut short
+    const damaged = await startFails();
+    expect(damaged.code).toBe(1);
+    expect(damaged.err).toContain(`${join(dir, "node.json")} is damaged`);
+    expect(readdirSync(dir).filter((f) => /^(wal|snap)-/.test(f)).sort()).toEqual(files);
+
+    // Put back, the node has every key.
+    writeFileSync(join(dir, "node.json"), identity);
+    const again = await c.start({ leader: true, dataDir: dir });
+    expect((await again.request("/keys")).body.count).toBe(60);
+  });
+
+  test("files a crash left half-written (*.tmp) are removed at start-up", async () => {
+    // Found by an audit: a kill -9 during a snapshot left its .tmp file for good, each up to a snapshot's size.
+    await using c = await TestCluster.create();
+    const dir = c.newDataDir();
+    const n = await c.start({ leader: true, dataDir: dir });
+    expect((await n.set("k", "v")).status).toBe(200);
+    await n.kill9();
+    const snapTmp = "snap-00000000000000aa-0000000000000007.snap.tmp";
+    writeFileSync(join(dir, snapTmp), "x".repeat(10_000));
+    writeFileSync(join(dir, "node.json.tmp"), "{");
+    const again = await c.start({ leader: true, dataDir: dir });
+    expect(readdirSync(dir).filter((f) => f.endsWith(".tmp"))).toEqual([]);
+    expect(again.log).toContain(snapTmp);
+    expect((await again.get("k")).body.value).toBe("v");
   });
 
   test("the log is compacted into snapshots while serving; a restart recovers snapshot + log", async () => {
