@@ -47,6 +47,8 @@ export interface NodeService {
   currentRing: () => HashRing;
   /** Let requests through: the node has heard its peers (start-up settle). */
   settle: () => void;
+  /** Keys may still be moving between groups: a leader is moving some, or the ring just changed. */
+  rebalancing: () => boolean;
 }
 
 /** Rings remembered for ownedSince; an entry older than all of them does not count. */
@@ -349,5 +351,5 @@ export function createService(d: ServiceDeps): NodeService {
     health: () => d.health(),
   };
 
-  return { service, mover, currentRing, settle };
+  return { service, mover, currentRing, settle, rebalancing };
 }

@@ -484,6 +484,31 @@ describe("rebalancing", () => {
     expect(await missing()).toEqual([]);
   });
 
+  test("a delete made on a new owner before its key moved in stays deleted, however much more moves in after it", async () => {
+    // Found by an audit: the new owner purged tombstones older than its history every second,
+    // and a move larger than the history (here 200 entries) outlived the tombstones of the
+    // deletes made early in it; the copies moved in later brought those keys back.
+    await using c = await TestCluster.create();
+    const extra = ["-history-entries", "200"];
+    const a = await c.start({ leader: true, group: 0, inMemory: true, extra });
+    const keys = Array.from({ length: 16_000 }, (_, i) => `t${i}`);
+    await pool(keys, 16, async (k) => void expect((await a.set(k, `v:${k};${"x".repeat(1000)}`)).status).toBe(200));
+    // The keys group 1 will own that group 0 sends last (it sends in the order they were written).
+    const ring2 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
+    const victims = keys.filter((k) => ring2.ownerOf(k) === 1).slice(-100);
+    const b = await c.start({ leader: true, group: 1, inMemory: true, extra });
+    await c.awaitMembership([a, b], 2);
+    for (const k of victims) expect((await b.del(k)).status).toBe(200);
+    const moving = async () => [...((await a.cluster()).groups as any[]), ...((await b.cluster()).groups as any[])].some((g) => g.moving);
+    const stayOnA = keys.filter((k) => ring2.ownerOf(k) === 0).length;
+    await waitFor("the moves to end", async () => !(await moving()) && (await a.health()).keys === stayOnA, 40_000, 50);
+    // Once nothing moves, group 1 may purge them: the copies are gone from group 0 by then.
+    await waitFor("group 1 to purge its tombstones", async () => (await b.cluster()).memory.tombstones < victims.length, 15_000, 50);
+    const back: string[] = [];
+    for (const k of victims) for (const n of [a, b]) if ((await n.get(k)).status !== 404) back.push(`${k} via group ${n.group}`);
+    expect(back).toEqual([]);
+  }, 60_000);
+
   test("a key deleted while its group drains stays deleted: no read after the delete is acknowledged sees the old value, and none comes back", async () => {
     const { pick } = seeded("delete while draining");
     await using c = await TestCluster.create();
