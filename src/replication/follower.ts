@@ -90,6 +90,9 @@ export class Follower {
     if (f.seq > this.leaderHead && f.type !== FrameType.Hello) this.leaderHead = f.seq;
     switch (f.type) {
       case FrameType.Welcome:
+        // A link starts with the leader's head, which is lower than the last one heard when this
+        // is a new leader or a restarted one that kept nothing (else lag would count from the old head).
+        this.leaderHead = f.seq;
         this.welcomed = true;
         if (f.mode === WelcomeMode.Tail) {
           if (this.historyId !== f.historyId) {

@@ -679,6 +679,15 @@ describe("Follower", () => {
     f.onFrame({ type: FrameType.Ping, group: GROUP, term: 1, seq: 50 });
     expect(f.leaderHead).toBe(99);
   });
+
+  test("a new link's welcome resets the leader's head: a restarted leader that kept nothing is not 'ahead' by its old head", () => {
+    const { f } = fresh();
+    f.onFrame({ type: FrameType.Ping, group: GROUP, term: 1, seq: 500 });
+    expect(f.leaderHead).toBe(500);
+    f.hello();
+    expect(f.onFrame({ type: FrameType.Welcome, ...h(5), historyId: "fresh-history", mode: WelcomeMode.Snapshot })).toBeUndefined();
+    expect(f.leaderHead).toBe(5);
+  });
 });
 
 // --- Leader, frame by frame --------------------------------------------------------------------
