@@ -8,7 +8,7 @@ import { StorageFullError, UnavailableError } from "../lib/errors.ts";
 import type { Logger } from "../lib/log.ts";
 import type { Frame } from "../protocol/frame.ts";
 import type { Store } from "../store/store.ts";
-import { type Identity, dirBytes, listFiles, listTemp, removeFile, unlockDir, walName, writeIdentity } from "../wal/files.ts";
+import { type Identity, type RingEpochs, dirBytes, listFiles, listTemp, readRings, removeFile, removeRings, unlockDir, walName, writeIdentity, writeRings } from "../wal/files.ts";
 import { type FsyncMode, LogWriter } from "../wal/log.ts";
 import { encodeRecord } from "../wal/record.ts";
 import { type Recovered, recover } from "../wal/recover.ts";
@@ -91,6 +91,33 @@ export class Durability {
         onFailed(from, e);
       },
     });
+  }
+
+  /** The rings this node served as a leader of its current history, as saved before it last stopped. */
+  loadRings(): RingEpochs["epochs"] {
+    const r = readRings(this.o.dir);
+    return r && r.history_id === this.history ? r.epochs : [];
+  }
+
+  /**
+   * Save the rings served so far (synchronously: they must be on disk before anything is written
+   * under the newest one). When that fails, the file is removed instead: no record of the rings
+   * is safe (entries from before a restart then count as older), an incomplete one is not.
+   */
+  saveRings(epochs: RingEpochs["epochs"]): void {
+    try {
+      writeRings(this.o.dir, { history_id: this.history, epochs });
+    } catch (e) {
+      this.o.log.error("could not save the rings served: entries written before a restart will not count against keys moved in", { error: (e as NodeJS.ErrnoException).code ?? String(e) });
+      try {
+        removeRings(this.o.dir);
+      } catch {}
+    }
+  }
+
+  /** A follower's rings.json, from when it last led, would be stale if it led again: drop it. */
+  forgetRings(): void {
+    removeRings(this.o.dir);
   }
 
   /** Persist the identity (e.g. a new leader term). */

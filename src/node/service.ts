@@ -61,20 +61,46 @@ export function createService(d: ServiceDeps): NodeService {
   const nativeHash = (s: string) => Bun.hash.murmur32v3(s);
   const rings = new RingCache(nativeHash);
   /**
-   * The rings this leader has served under since it started, each with the last sequence applied
-   * before it (a write still pending then was for a key owned under both). What the store holds
-   * for a key counts against a copy moved in only if it was written while this group owned the
-   * key and the group has owned it ever since (see ownedSince).
+   * The rings this leader has served under, each with the last sequence applied before it (a
+   * write still pending then was for a key owned under both). What the store holds for a key
+   * counts against a copy moved in only if it was written while this group owned the key and the
+   * group has owned it ever since (see ownedSince). A leader with a data dir saves them
+   * (rings.json) at each change, before anything is written under the new ring, and starts from
+   * them (`restored`): without them, a restart in the middle of a move let the old owner's copies
+   * overwrite every write and delete made on this group before the restart.
    */
-  const ringEpochs: { seq: number; ring: HashRing }[] = [];
+  const ringEpochs: { seq: number; ring: HashRing; restored: boolean }[] = (leader && durability ? durability.loadRings() : []).map((e) => ({
+    seq: e.seq,
+    ring: new HashRing(e.groups, undefined, nativeHash),
+    restored: true,
+  }));
+  // A follower keeps no rings: the ones it saved when it last led say nothing of the rings since.
+  if (!leader) durability?.forgetRings();
+  /** Groups on the last ring this leader served before it started, if it saved its rings. */
+  const lastRingBefore = ringEpochs.length > 0 ? new Set(ringEpochs.at(-1)!.ring.groups) : null;
+  /** Every group this node has known of since it started. */
+  const groupsSeen = new Set<number>();
+  /**
+   * Whether the ring cannot have changed while this node was down: no group it has known since it
+   * started is missing from the last ring it served before. (A group that joined meanwhile may
+   * have taken writes for this group's keys; while this node is down, one that drains again cannot
+   * hand them back, so it is still around and known.)
+   */
+  const unchangedWhileDown = () => {
+    for (const g of membership.knownGroups()) groupsSeen.add(g);
+    for (const g of groupsSeen) if (!lastRingBefore!.has(g)) return false;
+    return true;
+  };
   let lastRing: HashRing | null = null;
   const currentRing = () => {
     const r = rings.get(membership.ringVersion, () => membership.ringGroups(), now);
     if (r !== lastRing) {
       lastRing = r;
+      for (const g of r.groups) groupsSeen.add(g);
       if (leader) {
-        ringEpochs.push({ seq: leader.head, ring: r });
+        ringEpochs.push({ seq: leader.head, ring: r, restored: false });
         if (ringEpochs.length > RING_EPOCHS_KEPT) ringEpochs.shift();
+        durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups] })));
       }
     }
     return r;
@@ -83,12 +109,14 @@ export function createService(d: ServiceDeps): NodeService {
    * Whether this group owned `key` when its entry at `version` was written and has owned it on
    * every ring since. A tombstone left when the key moved out (or any entry from before the key
    * went to another group and came back) does not: the copy coming back is newer. Entries older
-   * than the rings kept (from before a restart) do not count either.
+   * than the rings kept do not count either, nor entries from before this start when the rings
+   * were not saved or may have changed while the node was down.
    */
   const ownedSince = (key: string, version: number): boolean => {
     let i = ringEpochs.length - 1;
     while (i >= 0 && ringEpochs[i]!.seq >= version) i--;
     if (i < 0) return false;
+    if (ringEpochs[i]!.restored && !unchangedWhileDown()) return false;
     for (; i < ringEpochs.length; i++) if (ringEpochs[i]!.ring.ownerOf(key) !== config.group) return false;
     return true;
   };
@@ -321,6 +349,8 @@ export function createService(d: ServiceDeps): NodeService {
       return { status: 200, body: { status: "ok", group: config.group, draining: true, keys: store.size } };
     },
     async importEntries(entries, ctx) {
+      // After the start-up settle, so that every group around is known (see unchangedWhileDown).
+      if (!isSettled) await settled;
       if (!leader) {
         const to = membership.leaderOf(config.group);
         if (!to) throw new UnavailableError(`Cannot import into group ${config.group}: no leader known`, config.group);

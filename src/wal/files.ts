@@ -5,6 +5,7 @@
  *   LOCK                           pid of the node using the directory
  *   snap-<history>-<seq>.snap      snapshot of the store at <seq> (records, see record.ts)
  *   wal-<history>-<firstSeq>.log   write-ahead log segment starting at <firstSeq>
+ *   rings.json                     a leader's rings: the groups of each ring it served, from which sequence
  *
  * Sequences in names are 16 zero-padded decimal digits so names sort in sequence order. Files are
  * written to a `.tmp` name, fsynced and renamed, and the directory fsynced, so a visible snapshot
@@ -85,6 +86,36 @@ export function readIdentity(dir: string): Identity | undefined {
 
 export function writeIdentity(dir: string, id: Identity): void {
   writeAtomic(dir, "node.json", JSON.stringify(id, null, 2) + "\n");
+}
+
+/** The rings a leader served under, each with the last sequence applied before it, in one history. */
+export interface RingEpochs {
+  history_id: string;
+  epochs: { seq: number; groups: number[] }[];
+}
+
+/** rings.json, or undefined when missing or unreadable (then no ring before this start is known). */
+export function readRings(dir: string): RingEpochs | undefined {
+  const p = join(dir, "rings.json");
+  if (!existsSync(p)) return undefined;
+  try {
+    const j = JSON.parse(readFileSync(p, "utf8")) as RingEpochs;
+    const ok =
+      typeof j.history_id === "string" &&
+      Array.isArray(j.epochs) &&
+      j.epochs.every((e) => Number.isSafeInteger(e?.seq) && Array.isArray(e.groups) && e.groups.every((g) => Number.isSafeInteger(g) && g >= 0));
+    return ok ? j : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function writeRings(dir: string, r: RingEpochs): void {
+  writeAtomic(dir, "rings.json", JSON.stringify(r) + "\n");
+}
+
+export function removeRings(dir: string): void {
+  rmSync(join(dir, "rings.json"), { force: true });
 }
 
 /** Take the directory for this process; refuse when another live process holds it. */
