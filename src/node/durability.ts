@@ -189,8 +189,7 @@ export class Durability {
     this.adopting++;
     // Nothing after `seq` of the new history is on disk yet (what the old one had says nothing);
     // a transfer's `seq` itself is, once its snapshot is written (acknowledged only after that).
-    this.writer.durableSeq = kind === "snapshot" ? seq : Math.min(this.writer.durableSeq, seq);
-    this.writer.rollTo(join(this.o.dir, walName(historyId, seq + 1)));
+    this.writer.restartAt(kind === "snapshot" ? seq : Math.min(this.writer.durableSeq, seq), join(this.o.dir, walName(historyId, seq + 1)));
     const entries = kind === "snapshot" ? store.snapshot() : null;
     this.chain = this.chain.then(async () => {
       try {

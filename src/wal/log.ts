@@ -67,6 +67,8 @@ export class LogWriter {
   /** A failed flush may have left bytes after `segmentBytes` that are not yet cut off. */
   private tailDirty = false;
   durableSeq: number;
+  /** Bumped by restartAt: a flush begun before it belongs to a history given up. */
+  private generation = 0;
   readonly stats: LogStats = { flushes: 0, records: 0, bytes: 0, failures: 0 };
 
   private constructor(
@@ -97,6 +99,23 @@ export class LogWriter {
 
   /** Start the next flush with a new segment file (the caller named it by its first sequence). */
   rollTo(path: string): void {
+    this.nextPath = path;
+  }
+
+  /**
+   * Go on in a new history (a follower that installed a full transfer at `seq`, or adopted a new
+   * history id at `seq`): the next records go to the new segment at `path`, and what the old
+   * history left does not count. Records queued and not yet written are dropped (they would land
+   * in the new segment, where recovery would take them for entries of the new history), and a
+   * flush in flight reports nothing when it ends (its sequences are the old history's: durableSeq
+   * would jump past records of the new one that are not on disk).
+   */
+  restartAt(seq: number, path: string): void {
+    this.tailDirty = false; // what a failure left is in the old segment, which goes
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.generation++;
+    this.durableSeq = seq;
     this.nextPath = path;
   }
 
@@ -133,39 +152,49 @@ export class LogWriter {
     const first = this.queueFirstSeq;
     const last = this.queueLastSeq;
     const bytes = this.queuedBytes;
+    const generation = this.generation;
     this.queue = [];
     this.queuedBytes = 0;
     try {
       // Cut what an earlier failure left before anything else: also before moving to a new
       // segment, which would leave those records in the middle of the log.
       if (this.tailDirty) await this.cutBack();
-      if (this.nextPath) {
-        const next = await openSegment(this.nextPath);
-        await this.fh.close();
-        this.fh = next;
-        this.segmentBytes = 0;
-        this.nextPath = null;
+      // A history given up while this flush waited: its records must not reach the new segment.
+      if (generation === this.generation) {
+        if (this.nextPath) {
+          const next = await openSegment(this.nextPath);
+          await this.fh.close();
+          this.fh = next;
+          this.segmentBytes = 0;
+          this.nextPath = null;
+        }
+        const buf = batch.length === 1 ? batch[0]! : Buffer.concat(batch, bytes);
+        let off = 0;
+        while (off < buf.length) off += (await this.fh.write(buf, off, buf.length - off)).bytesWritten;
+        if (this.o.mode !== "never") await this.fh.datasync();
+        this.segmentBytes += bytes;
       }
-      const buf = batch.length === 1 ? batch[0]! : Buffer.concat(batch, bytes);
-      let off = 0;
-      while (off < buf.length) off += (await this.fh.write(buf, off, buf.length - off)).bytesWritten;
-      if (this.o.mode !== "never") await this.fh.datasync();
-      this.segmentBytes += bytes;
-      this.durableSeq = last;
-      this.stats.flushes++;
-      this.stats.records += batch.length;
-      this.stats.bytes += bytes;
-      this.o.onDurable(last);
+      // Given up meanwhile: these sequences are the old history's, and its file goes.
+      if (generation === this.generation) {
+        this.durableSeq = last;
+        this.stats.flushes++;
+        this.stats.records += batch.length;
+        this.stats.bytes += bytes;
+        this.o.onDurable(last);
+      }
     } catch (e) {
       this.stats.failures++;
-      // Whatever part of the batch reached the file must go: the sequences will be reused.
-      this.tailDirty = true;
-      await this.cutBack().catch(() => {});
-      // Records queued meanwhile come after the failed ones: they fail too.
-      const failedFrom = first;
-      this.queue = [];
-      this.queuedBytes = 0;
-      this.o.onFailed(failedFrom, e as NodeJS.ErrnoException);
+      // Records of a history given up meanwhile have nothing to cut (their file goes) or refuse.
+      if (generation === this.generation) {
+        // Whatever part of the batch reached the file must go: the sequences will be reused.
+        this.tailDirty = true;
+        await this.cutBack().catch(() => {});
+        // Records queued meanwhile come after the failed ones: they fail too.
+        const failedFrom = first;
+        this.queue = [];
+        this.queuedBytes = 0;
+        this.o.onFailed(failedFrom, e as NodeJS.ErrnoException);
+      }
     } finally {
       this.flushing = false;
     }

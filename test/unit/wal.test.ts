@@ -771,6 +771,41 @@ describe("LogWriter", () => {
     expect(scanRecords(readFileSync(path), FMAX).frames.map((f) => f.seq)).toEqual([1, 2, 3, 4, 5]);
   });
 
+  test("restartAt (a follower adopting a new history): records of the old history still queued never reach the new segment", async () => {
+    // Else recovery would read them as entries of the new history (or refuse to start on the gap).
+    const dir = tmp();
+    const old = join(dir, walName(H, 10));
+    const h = await openWriter(old, "batch", 1000, 9);
+    for (let i = 10; i <= 15; i++) h.w.append(i, rec(putFrame(i)));
+    const next = join(dir, walName("bbbbbbbbbbbbbbbb", 4));
+    h.w.restartAt(3, next);
+    expect(h.w.durableSeq).toBe(3);
+    for (let i = 4; i <= 6; i++) h.w.append(i, rec(putFrame(i)));
+    await h.until(() => h.durable.includes(6));
+    await h.w.close();
+    expect(h.durable).toEqual([6]);
+    expect(scanRecords(readFileSync(next), FMAX).frames.map((f) => f.seq)).toEqual([4, 5, 6]);
+    expect(fileSize(old)).toBe(0);
+  });
+
+  test("restartAt: a flush of the old history in flight reports nothing, so durableSeq never counts its sequences", async () => {
+    const dir = tmp();
+    const old = join(dir, walName(H, 10));
+    const h = await openWriter(old, "always", 0, 9);
+    for (let i = 10; i <= 20; i++) h.w.append(i, rec(putFrame(i)));
+    await new Promise((r) => setImmediate(r)); // the flush starts: writing, then fdatasync
+    expect({ queued: h.w.queued, durable: h.durable }).toEqual({ queued: 0, durable: [] });
+    const next = join(dir, walName("bbbbbbbbbbbbbbbb", 4));
+    h.w.restartAt(3, next);
+    h.w.append(4, rec(putFrame(4)));
+    await h.until(() => h.durable.includes(4));
+    await h.w.close();
+    expect(h.durable).toEqual([4]);
+    expect(h.w.durableSeq).toBe(4);
+    expect(h.w.stats.records).toBe(1);
+    expect(scanRecords(readFileSync(next), FMAX).frames.map((f) => f.seq)).toEqual([4]);
+  });
+
   test("appends to an existing segment after its valid bytes, and rollTo starts a new segment", async () => {
     const dir = tmp();
     const first = join(dir, walName(H, 1));
