@@ -250,11 +250,11 @@ export class Leader {
     return new Promise((resolve, reject) => this.waiters.push({ seq, resolve, reject }));
   }
 
-  /** Followers linked to this leader (streaming, or taking a full transfer). */
+  /** Follower nodes linked to this leader (streaming, or taking a full transfer); a node on two links, an old one not yet closed, counts once. */
   connectedFollowers(): number {
-    let n = 0;
-    for (const l of this.links) if (l.mode !== "handshake") n++;
-    return n;
+    const nodes = new Set<string>();
+    for (const l of this.links) if (l.mode !== "handshake") nodes.add(l.nodeId);
+    return nodes.size;
   }
 
   /** Each follower node's highest confirmed sequence (a node on two links, an old one not yet closed, counts once). */

@@ -773,6 +773,20 @@ test("-sync-replicas: acks of a follower taking a full transfer (its old positio
   expect(sim.leader.confirmedBy(3)).toBe(0);
 });
 
+test("-sync-replicas: a follower node on two links (an old one not yet closed) counts once as linked, as it does as confirming", () => {
+  const sim = new Sim();
+  sim.set("a", "1");
+  const hello = { type: FrameType.Hello, ...h(0), cluster: CLUSTER, nodeId: "f", historyId: "" } as const;
+  const first = sim.leader.attach(new Outbox(new FakeWire()), "x");
+  expect(sim.leader.onFrame(first, hello)).toBeUndefined();
+  const second = sim.leader.attach(new Outbox(new FakeWire()), "y");
+  expect(sim.leader.onFrame(second, hello)).toBeUndefined();
+  expect(sim.leader.connectedFollowers()).toBe(1);
+  const other = sim.leader.attach(new Outbox(new FakeWire()), "z");
+  expect(sim.leader.onFrame(other, { ...hello, nodeId: "g" })).toBeUndefined();
+  expect(sim.leader.connectedFollowers()).toBe(2);
+});
+
 describe("Leader handshake", () => {
   const hello = (p: Partial<Extract<Frame, { type: 1 }>> = {}): Frame => ({
     type: FrameType.Hello,
