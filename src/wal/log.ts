@@ -160,14 +160,20 @@ export class LogWriter {
       // segment, which would leave those records in the middle of the log.
       if (this.tailDirty) await this.cutBack();
       // A history given up while this flush waited: its records must not reach the new segment.
-      if (generation === this.generation) {
-        if (this.nextPath) {
-          const next = await openSegment(this.nextPath);
-          await this.fh.close();
+      if (generation === this.generation && this.nextPath) {
+        const path = this.nextPath;
+        const next = await openSegment(path);
+        if (generation !== this.generation) {
+          await next.close(); // restartAt meanwhile named another segment: keep its path
+        } else {
+          const old = this.fh;
           this.fh = next;
           this.segmentBytes = 0;
           this.nextPath = null;
+          await old.close();
         }
+      }
+      if (generation === this.generation) {
         const buf = batch.length === 1 ? batch[0]! : Buffer.concat(batch, bytes);
         let off = 0;
         while (off < buf.length) off += (await this.fh.write(buf, off, buf.length - off)).bytesWritten;

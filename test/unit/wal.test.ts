@@ -806,6 +806,25 @@ describe("LogWriter", () => {
     expect(scanRecords(readFileSync(next), FMAX).frames.map((f) => f.seq)).toEqual([4]);
   });
 
+  test("restartAt while a flush of the old history is opening the segment a snapshot rolled to: the new history's records go to the new segment (found by review)", async () => {
+    const dir = tmp();
+    const h = await openWriter(join(dir, walName(H, 1)), "always", 0, 0);
+    h.w.append(1, rec(putFrame(1)));
+    h.w.append(2, rec(putFrame(2)));
+    await h.until(() => h.durable.includes(2));
+    h.w.rollTo(join(dir, walName(H, 3))); // a snapshot at 2
+    h.w.append(3, rec(putFrame(3)));
+    await new Promise((r) => setImmediate(r)); // that flush is now opening the rolled-to segment
+    const next = join(dir, walName("bbbbbbbbbbbbbbbb", 11));
+    h.w.restartAt(10, next);
+    h.w.append(11, rec(putFrame(11)));
+    h.w.append(12, rec(putFrame(12)));
+    await h.until(() => h.durable.includes(12));
+    await h.w.close();
+    expect(h.durable).toEqual([2, 12]);
+    expect(scanRecords(readFileSync(next), FMAX).frames.map((f) => f.seq)).toEqual([11, 12]);
+  });
+
   test("appends to an existing segment after its valid bytes, and rollTo starts a new segment", async () => {
     const dir = tmp();
     const first = join(dir, walName(H, 1));
