@@ -78,25 +78,23 @@ export function createService(d: ServiceDeps): NodeService {
   if (!leader) durability?.forgetRings();
   /** Groups on the last ring this leader served before it started, if it saved its rings. */
   const lastRingBefore = ringEpochs.length > 0 ? new Set(ringEpochs.at(-1)!.ring.groups) : null;
-  /** Every group this node has known of since it started. */
-  const groupsSeen = new Set<number>();
   /**
-   * Whether the ring cannot have changed while this node was down: no group it has known since it
-   * started is missing from the last ring it served before. (A group that joined meanwhile may
-   * have taken writes for this group's keys; while this node is down, one that drains again cannot
-   * hand them back, so it is still around and known.)
+   * Whether the ring may have changed while this node was down: at the start-up settle, a group
+   * was known that was not on the last ring it served before. (A group that joined meanwhile may
+   * have taken writes for this group's keys; while this node is down, one that drains again
+   * cannot hand them back, so it is still around at the settle. A group that joins later is a
+   * ring change like any other, recorded below.)
    */
-  const unchangedWhileDown = () => {
-    for (const g of membership.knownGroups()) groupsSeen.add(g);
-    for (const g of groupsSeen) if (!lastRingBefore!.has(g)) return false;
-    return true;
-  };
+  let changedWhileDown = true;
+  /** The start-up settle is over: requests and moves are served (nothing is written before). */
+  let isSettled = false;
   let lastRing: HashRing | null = null;
   const currentRing = () => {
     const r = rings.get(membership.ringVersion, () => membership.ringGroups(), now);
-    if (r !== lastRing) {
+    // Recorded from the settle on: before it nothing is written, and the partial rings of a
+    // node still hearing its peers would make the next start see groups as new.
+    if (r !== lastRing && isSettled) {
       lastRing = r;
-      for (const g of r.groups) groupsSeen.add(g);
       if (leader) {
         ringEpochs.push({ seq: leader.head, ring: r, restored: false });
         if (ringEpochs.length > RING_EPOCHS_KEPT) ringEpochs.shift();
@@ -116,7 +114,7 @@ export function createService(d: ServiceDeps): NodeService {
     let i = ringEpochs.length - 1;
     while (i >= 0 && ringEpochs[i]!.seq >= version) i--;
     if (i < 0) return false;
-    if (ringEpochs[i]!.restored && !unchangedWhileDown()) return false;
+    if (ringEpochs[i]!.restored && changedWhileDown) return false;
     for (; i < ringEpochs.length; i++) if (ringEpochs[i]!.ring.ownerOf(key) !== config.group) return false;
     return true;
   };
@@ -159,9 +157,14 @@ export function createService(d: ServiceDeps): NodeService {
     : null;
 
   /** Requests wait for the start-up settle (below), so the first one already routes with every group. */
-  let isSettled = false;
   let settle!: () => void;
-  const settled = new Promise<void>((r) => (settle = () => ((isSettled = true), r())));
+  const settled = new Promise<void>((r) => (settle = () => {
+    // Every group around has been heard by now: did one appear that was not on the last ring
+    // this leader served before it stopped?
+    changedWhileDown = lastRingBefore !== null && membership.knownGroups().some((g) => !lastRingBefore.has(g));
+    isSettled = true;
+    r();
+  }));
   const notFound = (key: string): Reply => ({ status: 404, body: { error: "Key not found", key } });
   const enc = encodeURIComponent;
 
