@@ -363,6 +363,9 @@ export function createService(d: ServiceDeps): NodeService {
       const ring = currentRing();
       let imported = 0;
       let skipped = 0;
+      // The answer waits for what it reports: the imports, and the changes that made keys skip
+      // (the sender deletes its copy of a skipped key, so a skipping change still on its way to
+      // the log, which could yet fail, must not be taken as held: found by review).
       let last = 0;
       const refused: string[] = [];
       for (const { key, value } of entries) {
@@ -371,10 +374,12 @@ export function createService(d: ServiceDeps): NodeService {
           continue;
         }
         const seq = leader.setIfUnknown(key, value, (v) => ownedSince(key, v));
-        if (seq === undefined) skipped++;
-        else {
+        if (seq === undefined) {
+          skipped++;
+          last = Math.max(last, leader.lastChangeOf(key));
+        } else {
           imported++;
-          last = seq;
+          last = Math.max(last, seq);
         }
       }
       if (last > 0) await committed(last);

@@ -223,6 +223,11 @@ export class Leader {
     return v > 0 && current(v);
   }
 
+  /** Sequence of the last change this leader holds for `key`, pending or applied (0: none). */
+  lastChangeOf(key: string): number {
+    return this.overlay.get(key)?.seq ?? this.o.store.versionOf(key);
+  }
+
   /**
    * Write `key` only if this leader knows nothing current of it (a key moved in must not undo a
    * newer write or delete made here). `current` tells whether what the store holds at a version

@@ -858,6 +858,23 @@ describe("Leader handshake", () => {
     expect(leader.delete("b")).toEqual({ existed: true, seq: 4, pending: false });
   });
 
+  test("lastChangeOf names a change still on its way to the log (an import skipped for it waits for it), else the store's version", () => {
+    const store = new Store();
+    const leader = new Leader({
+      store, group: GROUP, term: 1, historyId: HISTORY_ID, cluster: CLUSTER, historyEntries: 100,
+      now: () => 0, log: silentLogger, schedule: () => {}, wal: { append: () => {} },
+    });
+    expect(leader.lastChangeOf("k")).toBe(0);
+    const s1 = leader.set("k", "client write");
+    expect(leader.setIfUnknown("k", "moved copy")).toBeUndefined(); // skipped for the pending write
+    expect(leader.lastChangeOf("k")).toBe(s1);
+    leader.durable(s1);
+    expect(leader.lastChangeOf("k")).toBe(s1);
+    const s2 = leader.set("k", "again");
+    leader.failed(s2, Object.assign(new Error("ENOSPC"), { code: "ENOSPC" }));
+    expect(leader.lastChangeOf("k")).toBe(s1);
+  });
+
   test("deleting a missing key takes no sequence and sends nothing", () => {
     const sim = new Sim();
     sim.set("a", "1");
