@@ -314,7 +314,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   // Forwarded requests go out on request links (src/routing/link.ts): their answers can be the
   // JSON of a whole value, each byte escaped as up to 6.
   const links = new RequestLinks(6 * (config.keyBytesMax + config.valueBytesMax) + 64 * 1024, log);
-  const { service, mover, currentRing, settle, rebalancing } = createService({
+  const { service, mover, currentRing, settle, tombstonesNeeded } = createService({
     links,
     config,
     nodeId,
@@ -438,7 +438,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
       // undoing a delete made here: keep them all until the moves are over (found by an audit:
       // a move larger than the history outlived the tombstones of its first deletes).
       if (leader) {
-        if (!rebalancing()) leader.purgeTombstones();
+        if (!tombstonesNeeded()) leader.purgeTombstones();
       } else follower!.purgeTombstones(config.historyEntries);
     }, 1000),
   ];

@@ -47,8 +47,8 @@ export interface NodeService {
   currentRing: () => HashRing;
   /** Let requests through: the node has heard its peers (start-up settle). */
   settle: () => void;
-  /** Keys may still be moving between groups: a leader is moving some, or the ring just changed. */
-  rebalancing: () => boolean;
+  /** A leader must keep its tombstones now: keys may still be moving in (see the definition). */
+  tombstonesNeeded: () => boolean;
 }
 
 /** Rings remembered for ownedSince; an entry older than all of them does not count. */
@@ -129,6 +129,19 @@ export function createService(d: ServiceDeps): NodeService {
   const startedMs = now();
   // A node that just joined has no ring before its first one, but keys are on their way to it all the same.
   const rebalancing = () => now() - (rings.before !== null ? rings.changedAtMs : startedMs) < settleMs || membership.some((m) => m.moving);
+  /**
+   * Whether a leader must keep its tombstones: one may be all that keeps a copy still held by
+   * another group from undoing a delete made here. Kept while keys move or the ring just changed,
+   * while a group on the ring has no leader (it may come back and go on moving: found by review),
+   * and for a while after all that (a leader just back announces that it moves only once its own
+   * start-up settle is over).
+   */
+  let unquietAtMs = startedMs;
+  const tombstonesNeeded = () => {
+    const t = now();
+    if (rebalancing() || membership.ringGroups().some((g) => membership.leaderOf(g) === undefined)) unquietAtMs = t;
+    return t - unquietAtMs < 2 * settleMs + 1000;
+  };
   /** Where a key this group owns was before this group joined: its owner on the ring without us. */
   let withoutUsKey = "";
   let withoutUs = new HashRing([], undefined, nativeHash);
@@ -389,5 +402,5 @@ export function createService(d: ServiceDeps): NodeService {
     health: () => d.health(),
   };
 
-  return { service, mover, currentRing, settle, rebalancing };
+  return { service, mover, currentRing, settle, tombstonesNeeded };
 }

@@ -9,7 +9,7 @@ import { HashRing } from "../../src/ring/ring.ts";
 import { HOPS_MAX } from "../../src/routing/router.ts";
 import { limits } from "../../src/lib/limits.ts";
 import { type NodeProc, TestCluster, forwardedRequest } from "../support/cluster.ts";
-import { waitFor } from "../support/wait.ts";
+import { happensWithin, waitFor } from "../support/wait.ts";
 import { prng } from "../support/prng.ts";
 
 
@@ -508,6 +508,35 @@ describe("rebalancing", () => {
     for (const k of victims) for (const n of [a, b]) if ((await n.get(k)).status !== 404) back.push(`${k} via group ${n.group}`);
     expect(back).toEqual([]);
   }, 60_000);
+
+  test("deletes made on a new owner stay deleted when the old owner restarts in the middle of the move", async () => {
+    // Found by review: the old owner's leave ended its "moving" and its group stayed on the ring,
+    // so the new owner purged the tombstones of those deletes; the restarted old owner then moved
+    // the deleted keys back in (25 of 100).
+    await using c = await TestCluster.create();
+    const adir = c.newDataDir();
+    const aFlags = ["-fsync", "never"];
+    let a = await c.start({ leader: true, group: 0, dataDir: adir, extra: aFlags });
+    const keys = Array.from({ length: 30_000 }, (_, i) => `o${i}`);
+    await pool(keys, 32, async (k) => void expect((await a.set(k, `v:${k};${"x".repeat(1000)}`)).status).toBe(200));
+    const ring2 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
+    const victims = keys.filter((k) => ring2.ownerOf(k) === 1).slice(-100); // sent last
+    const b = await c.start({ leader: true, group: 1, inMemory: true, extra: ["-history-entries", "200"] });
+    await c.awaitMembership([a, b], 2);
+    for (const k of victims) expect((await b.del(k)).status).toBe(200);
+    // The move goes on past the new owner's history (200 entries), then the old owner restarts.
+    await waitFor("the new owner's history to pass the deletes", async () => (await b.health()).seq > victims.length + 400, 20_000, 10);
+    expect(await a.stop()).toBe(0);
+    // While the old owner is away, the new owner (which purges every second) must keep them.
+    expect(await happensWithin(3000, async () => (await b.cluster()).memory.tombstones < victims.length)).toBe(false);
+    a = await c.start({ leader: true, group: 0, dataDir: adir, extra: aFlags });
+    const stayOnA = keys.filter((k) => ring2.ownerOf(k) === 0).length;
+    const moving = async () => [...((await a.cluster()).groups as any[]), ...((await b.cluster()).groups as any[])].some((g) => g.moving);
+    await waitFor("the moves to end", async () => !(await moving()) && (await a.health()).keys === stayOnA, 60_000, 100);
+    const back: string[] = [];
+    for (const k of victims) if ((await b.get(k)).status !== 404) back.push(k);
+    expect(back).toEqual([]);
+  }, 120_000);
 
   for (const how of ["kill -9", "SIGTERM", "kill -9, and a third group joins after"] as const) {
     test(`writes and deletes made on a new owner before its keys moved in survive a restart of it in the middle of the move (${how})`, async () => {

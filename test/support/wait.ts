@@ -14,3 +14,16 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
+
+/**
+ * Whether `check` comes true within `ms`: for a test that watches for something that must NOT
+ * happen (it polls the whole time; a failure is seen as soon as it happens).
+ */
+export async function happensWithin(ms: number, check: () => boolean | Promise<boolean>, intervalMs = 50): Promise<boolean> {
+  const deadline = performance.now() + ms;
+  while (performance.now() < deadline) {
+    if (await check()) return true;
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  return false;
+}
