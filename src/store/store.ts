@@ -37,6 +37,8 @@ export interface Entry {
 /** A store's live entries at one moment, decoded as they are iterated. */
 export interface Snapshot extends Iterable<[string, Entry]> {
   readonly length: number;
+  /** The tombstones at that moment, [key, version of its delete], oldest first. */
+  readonly tombstones?: readonly (readonly [string, number])[];
 }
 
 /** Size of an arena buffer. */
@@ -674,8 +676,10 @@ export class Store {
     if (this.old !== null) this.step(Infinity);
     const bufs = this.chunks.map((c) => (c === undefined ? undefined : Buffer.from(c.buf.subarray(0, c.used))));
     const table = this.table.slice();
+    const tombstones = Array.from(this.dead).sort((a, b) => a[1] - b[1]);
     return {
       length: this.count,
+      tombstones,
       *[Symbol.iterator]() {
         for (let p = 0; p < table.length; p += 3) {
           const n = table[p + 1]!;

@@ -1,6 +1,8 @@
 /**
  * Snapshots: the store at one sequence, as records of SnapshotBegin, SnapshotChunk... and
- * SnapshotEnd frames — the same frames a leader streams in a full state transfer. Written in
+ * SnapshotEnd frames — the same frames a leader streams in a full state transfer — with the
+ * store's tombstones as Delete frames before the end (a tombstone can be all that keeps a key
+ * moved in later from undoing a delete). Written in
  * chunks with the event loop free between them (the node keeps serving), to a .tmp file that is
  * fsynced and renamed only when whole.
  */
@@ -40,6 +42,7 @@ export function* snapshotRecords(meta: SnapshotMeta, entries: Snapshot): Generat
     }
   }
   if (chunk.length > 0) yield encodeRecord(encodeFrame({ type: FrameType.SnapshotChunk, ...h, entries: chunk }));
+  for (const [key, version] of entries.tombstones ?? []) yield encodeRecord(encodeFrame({ type: FrameType.Delete, group: meta.group, term: meta.term, seq: version, key }));
   yield encodeRecord(encodeFrame({ type: FrameType.SnapshotEnd, ...h }));
 }
 
@@ -83,7 +86,11 @@ export function loadSnapshot(path: string, frameBytesMax: number, store: Store):
     } else if (end !== null) wrong = "has frames after its end";
     else if (f.type === FrameType.SnapshotEnd) end = f;
     else if (f.type === FrameType.SnapshotChunk) for (const e of f.entries) staged.set(e.key, e.value, e.version);
-    else wrong = `holds a frame of type ${f.type}`;
+    else if (f.type === FrameType.Delete) {
+      // A tombstone: of a key not live in the snapshot, deleted at or before it.
+      if (f.seq > begin.seq || staged.versionOf(f.key) !== 0) wrong = `has a tombstone of "${f.key.slice(0, 64)}" at ${f.seq} that does not fit`;
+      else staged.delete(f.key, f.seq);
+    } else wrong = `holds a frame of type ${f.type}`;
   };
   // Read a few MiB at a time (not the whole file: a million keys are ~110 MB of it), carrying a
   // record cut at the end of a read over to the next.

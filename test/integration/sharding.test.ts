@@ -538,7 +538,7 @@ describe("rebalancing", () => {
     expect(back).toEqual([]);
   }, 120_000);
 
-  for (const how of ["kill -9", "SIGTERM", "kill -9, and a third group joins after"] as const) {
+  for (const how of ["kill -9", "SIGTERM", "kill -9, and a third group joins after", "kill -9, the log snapshotted meanwhile"] as const) {
     test(`writes and deletes made on a new owner before its keys moved in survive a restart of it in the middle of the move (${how})`, async () => {
       // Found by an audit: the rings a leader had served were only in memory, so after a restart
       // everything written before it counted as older than a moved-in copy; the old owner's
@@ -554,7 +554,9 @@ describe("rebalancing", () => {
       const ringAfter = third ? new HashRing([0, 1, 2], undefined, hash) : ring2;
       const victims = keys.filter((k) => ring2.ownerOf(k) === 1 && ringAfter.ownerOf(k) === 1).slice(-100); // sent last
       const dir = c.newDataDir();
-      let b = await c.start({ leader: true, group: 1, dataDir: dir });
+      // With snapshots, the deletes' tombstones are on disk only in a snapshot (found by review: they were not).
+      const extra = how.includes("snapshot") ? ["-snapshot-bytes", "4096"] : [];
+      let b = await c.start({ leader: true, group: 1, dataDir: dir, extra });
       await c.awaitMembership([a, b], 2);
       const want = new Map<string, string | null>();
       for (const [i, k] of victims.entries()) {
@@ -562,9 +564,10 @@ describe("rebalancing", () => {
         expect(r.status).toBe(200);
         want.set(k, i % 2 === 0 ? `new:${k}` : null);
       }
+      if (extra.length > 0) await waitFor("a snapshot after the deletes", async () => (await b.cluster()).storage.last_snapshot_seq >= victims.length, 10_000);
       if (how === "SIGTERM") expect(await b.stop()).toBe(0);
       else await b.kill9();
-      b = await c.start({ leader: true, group: 1, dataDir: dir });
+      b = await c.start({ leader: true, group: 1, dataDir: dir, extra });
       const nodes = [a, b];
       if (third) {
         nodes.push(await c.start({ leader: true, group: 2, inMemory: true }));
