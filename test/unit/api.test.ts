@@ -337,6 +337,20 @@ describe("DELETE /delete", () => {
   });
 });
 
+describe("POST /internal/import (keys moved in from another group)", () => {
+  test("checks every key and value as /set does: empty, oversized or not valid Unicode refuses the batch, nothing imported", async () => {
+    // Found by an audit: it took anything, and a value over the limit then stopped replication for good.
+    const { call, service } = setup({ keyBytesMax: 16, valueBytesMax: 32 });
+    const importing = (entries: unknown) => call("POST", "/internal/import", { body: JSON.stringify({ entries }), headers: { "content-type": "application/json" } });
+    await expectError(await importing([{ key: "ok", value: "v" }, { key: "", value: "v" }]), 400);
+    await expectError(await importing([{ key: "ok", value: "v" }, { key: "k".repeat(17), value: "v" }]), 413);
+    await expectError(await importing([{ key: "ok", value: "v" }, { key: "big", value: "v".repeat(33) }]), 413);
+    await expectError(await importing([{ key: "ok", value: "v" }, { key: "bad", value: "a\udc00" }]), 400);
+    expect(service.entries.size).toBe(0);
+    expect(await expectJson(await importing([{ key: "ok", value: "v".repeat(32) }]))).toMatchObject({ imported: 1 });
+  });
+});
+
 describe("GET /keys", () => {
   test("answers {keys: [], count: 0} for an empty store", async () => {
     const { call } = setup();
