@@ -6,6 +6,7 @@
 import { openapi } from "@elysiajs/openapi";
 import { Elysia } from "elysia";
 import { BadRequestError, KvError, StorageFullError, TooLargeError, UnavailableError } from "../lib/errors.ts";
+import { requestBodyBytesMax } from "../lib/limits.ts";
 import { isWellFormed, utf8Length } from "../lib/utf8.ts";
 import { docsAssets } from "./docs.ts";
 import { type CountedRoute, RequestCounts, createMetrics } from "./metrics.ts";
@@ -359,7 +360,7 @@ export function createApi(s: KvService) {
       for (const e of body.entries) checkValue(s, checkKey(s, e.key), e.value);
       return answer(counts, "/internal/import", await s.importEntries(body.entries, contextOf(request)), set, own);
     }, {
-      parse: [({ request }) => parseJsonBody(request, 64 * bodyLimit), "json"],
+      parse: [({ request }) => parseJsonBody(request, requestBodyBytesMax(s.keyBytesMax, s.valueBytesMax)), "json"],
       body: ImportBody,
       response: { 200: ImportReply, ...setErrors },
       detail: { hide: true },

@@ -37,3 +37,12 @@ export const limits = {
 export function frameBytesMax(keyBytesMax: number, valueBytesMax: number): number {
   return Math.max(keyBytesMax + valueBytesMax + 1024, limits.snapshotChunkBytes + keyBytesMax + valueBytesMax + 1024);
 }
+
+/**
+ * Largest HTTP request body a node takes (Bun's maxRequestBodySize): the largest key and value
+ * JSON-escaped (up to 6 bytes a byte), plus room. A batch of keys moved to another group is kept
+ * within it, so nodes must run the same key and value limits.
+ */
+export function requestBodyBytesMax(keyBytesMax: number, valueBytesMax: number): number {
+  return 6 * (keyBytesMax + valueBytesMax) + 64 * 1024;
+}

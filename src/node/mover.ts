@@ -23,6 +23,8 @@ export interface MoverDeps {
   durable: (seq: number) => Promise<void>;
   /** Tell the cluster at once that moving started or stopped. */
   announce: () => void;
+  /** Largest request body the owners take (their maxRequestBodySize): no batch is larger. */
+  bodyBytesMax: number;
   log: Logger;
 }
 
@@ -37,11 +39,17 @@ export interface MoveProgress {
 const SCAN_PER_TICK = 5_000;
 const BATCH_ENTRIES = 500;
 const BATCH_BYTES = 256 * 1024;
+/** A batch body's bytes around its entries. */
+const BODY_OVERHEAD_BYTES = 1024;
 
 interface Item {
   key: string;
   value: string;
   version: number;
+  /** The entry as it goes in the batch's JSON, and its length in bytes. */
+  json: string;
+  bytes: number;
+  owner: number;
 }
 
 export class Mover {
@@ -53,6 +61,8 @@ export class Mover {
   private iter: Iterator<string> | null = null;
   private ringKey = "";
   private foundThisPass = 0;
+  /** A key scanned that did not fit the last batch: first in the next. */
+  private held: Item | null = null;
   private failedThisPass = false;
   private busy = false;
 
@@ -89,6 +99,7 @@ export class Mover {
     if (key !== this.ringKey) {
       this.ringKey = key;
       this.iter = null;
+      this.held = null;
     }
     if (!this.iter) {
       if (!this.moving && this.passes > 0 && !this.draining && key === this.settledRing) return;
@@ -97,9 +108,24 @@ export class Mover {
       this.failedThisPass = false;
     }
     const batches = new Map<number, Item[]>();
+    // Bodies stay within what the owners take (found by an audit: with small -max-value-bytes,
+    // every 256 KiB batch was cut off by the owner's HTTP server, and nothing ever moved).
+    const budget = Math.min(BATCH_BYTES, this.d.bodyBytesMax - BODY_OVERHEAD_BYTES);
     let bytes = 0;
     let count = 0;
-    for (let n = 0; n < SCAN_PER_TICK && count < BATCH_ENTRIES && bytes < BATCH_BYTES; n++) {
+    const add = (it: Item) => {
+      let list = batches.get(it.owner);
+      if (!list) batches.set(it.owner, (list = []));
+      list.push(it);
+      bytes += it.bytes;
+      count++;
+    };
+    if (this.held) {
+      const it = this.held;
+      this.held = null;
+      if (this.d.store.get(it.key)?.version === it.version) add(it); // else it changed meanwhile: the scan finds it again
+    }
+    for (let n = 0; n < SCAN_PER_TICK && count < BATCH_ENTRIES && bytes < budget; n++) {
       const next = this.iter.next();
       if (next.done) {
         this.passes++;
@@ -114,12 +140,15 @@ export class Mover {
       if (owner === undefined || owner === this.d.group) continue;
       const e = this.d.store.get(next.value);
       if (!e) continue;
-      let list = batches.get(owner);
-      if (!list) batches.set(owner, (list = []));
-      list.push({ key: next.value, value: e.value, version: e.version });
-      bytes += next.value.length + e.value.length + 32;
-      count++;
+      const json = JSON.stringify({ key: next.value, value: e.value });
+      const it: Item = { key: next.value, value: e.value, version: e.version, json, bytes: Buffer.byteLength(json) + 1, owner };
       this.foundThisPass++;
+      // At least one key a batch (the largest key and value fit the owner's limit).
+      if (count > 0 && bytes + it.bytes > budget) {
+        this.held = it;
+        break;
+      }
+      add(it);
     }
     if (count === 0) return;
     this.setMoving(true);
@@ -135,7 +164,8 @@ export class Mover {
       this.lastError = `no leader known for group ${owner}`;
       return;
     }
-    const r = await forward(to, "POST", "/internal/import", JSON.stringify({ from_group: this.d.group, entries: items.map(({ key, value }) => ({ key, value })) }), { hops: 0, group: owner });
+    const body = `{"from_group":${this.d.group},"entries":[${items.map((it) => it.json).join(",")}]}`;
+    const r = await forward(to, "POST", "/internal/import", body, { hops: 0, group: owner });
     if (r.status !== 200) {
       this.failedThisPass = true;
       this.lastError = `group ${owner} refused the batch: ${r.status} ${JSON.stringify(r.body).slice(0, 200)}`;

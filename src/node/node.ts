@@ -6,7 +6,7 @@
 import { createApi } from "../api/app.ts";
 import { type Member, Membership } from "../discovery/membership.ts";
 import { Discovery } from "../discovery/udp.ts";
-import { frameBytesMax, limits } from "../lib/limits.ts";
+import { frameBytesMax, limits, requestBodyBytesMax } from "../lib/limits.ts";
 import type { Logger } from "../lib/log.ts";
 import { type Frame, FrameType, type PutBytes } from "../protocol/frame.ts";
 import { Follower } from "../replication/follower.ts";
@@ -353,7 +353,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   const http = Bun.serve({
     hostname: config.host,
     port: config.api,
-    maxRequestBodySize: 6 * (config.keyBytesMax + config.valueBytesMax) + 64 * 1024,
+    maxRequestBodySize: requestBodyBytesMax(config.keyBytesMax, config.valueBytesMax),
     fetch: app.fetch,
     error: (e) => Response.json({ error: `Internal error: ${e.message}` }, { status: 500 }),
   });

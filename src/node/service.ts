@@ -6,7 +6,7 @@
 import type { KeysPage, KeysQuery, KvService, Reply } from "../api/service.ts";
 import type { Member, Membership } from "../discovery/membership.ts";
 import { UnavailableError } from "../lib/errors.ts";
-import { limits } from "../lib/limits.ts";
+import { limits, requestBodyBytesMax } from "../lib/limits.ts";
 import type { Logger } from "../lib/log.ts";
 import type { Follower } from "../replication/follower.ts";
 import { type Leader, ReplicationTimeout } from "../replication/leader.ts";
@@ -161,6 +161,7 @@ export function createService(d: ServiceDeps): NodeService {
         ring: currentRing,
         leaderOf: (g) => membership.leaderOf(g),
         durable: (seq) => durableOrThrow(seq),
+        bodyBytesMax: requestBodyBytesMax(config.keyBytesMax, config.valueBytesMax),
         announce: () => {
           membership.updateSelf({ moving: mover!.moving, draining: mover!.draining });
           d.announce();

@@ -484,6 +484,27 @@ describe("rebalancing", () => {
     expect(await missing()).toEqual([]);
   });
 
+  test("keys move, and a group drains, with small key and value limits (batches fit the owner's body limit)", async () => {
+    // Found by an audit: with -max-value-bytes 1000 the owner's HTTP server (its body limit
+    // follows the key and value limits) cut off every 256 KiB batch: nothing ever moved.
+    await using c = await TestCluster.create();
+    const extra = ["-max-key-bytes", "10", "-max-value-bytes", "1000"];
+    const a = await c.start({ leader: true, group: 0, inMemory: true, extra });
+    const keys = Array.from({ length: 800 }, (_, i) => `s${i}`);
+    // Control characters: 6 JSON bytes each, the worst case for the batch body.
+    const value = (k: string) => `${k}:${"\u0001".repeat(1000 - k.length - 1)}`;
+    await pool(keys, 16, async (k) => void expect((await a.set(k, value(k))).status).toBe(200));
+    const b = await c.start({ leader: true, group: 1, inMemory: true, extra });
+    await c.awaitMembership([a, b], 2);
+    const ring2 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
+    const toB = keys.filter((k) => ring2.ownerOf(k) === 1).length;
+    await waitFor(`group 1 to take its ${toB} keys`, async () => (await b.health()).keys === toB && (await a.health()).keys === keys.length - toB, 30_000, 50);
+    expect((await a.cluster()).rebalance.last_error).toBeNull();
+    expect((await b.request("/admin/drain", { method: "POST" })).status).toBe(200);
+    await waitFor("group 1 to hand every key back", async () => (await b.health()).keys === 0 && (await a.health()).keys === keys.length, 30_000, 50);
+    for (const k of keys.slice(0, 50)) expect((await a.get(k)).body.value).toBe(value(k));
+  }, 60_000);
+
   test("a delete made on a new owner before its key moved in stays deleted, however much more moves in after it", async () => {
     // Found by an audit: the new owner purged tombstones older than its history every second,
     // and a move larger than the history (here 200 entries) outlived the tombstones of the
