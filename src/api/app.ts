@@ -106,7 +106,8 @@ function parseJsonBody(request: Request, limit: number): Promise<unknown> {
     return request.json().catch(malformed);
   }
   return request.text().then((text) => {
-    if (text.length > limit) throw new TooLargeError(`Request body is over ${limit} bytes`);
+    // In bytes, as a declared length is (a UTF-16 unit is at most 3 of them: short texts need no counting).
+    if (text.length * 3 > limit && utf8Length(text) > limit) throw new TooLargeError(`Request body is over ${limit} bytes`);
     try {
       return JSON.parse(text) as unknown;
     } catch (e) {

@@ -291,6 +291,25 @@ describe("POST /set", () => {
     await expectError(await setRaw(stream), 413);
     expect(service.calls).toEqual([]);
   });
+
+  test("a streamed body is measured in bytes, as a declared length is: multi-byte text past the limit is 413 either way", async () => {
+    // Found by an audit: a chunked body was measured in UTF-16 units, so 3-byte characters passed.
+    const { setRaw, service } = setup({ keyBytesMax: 16, valueBytesMax: 32 });
+    const limit = bodyBytesMax(service);
+    const body = JSON.stringify({ key: "k", value: "v" }) + "\u3000".repeat(Math.ceil(limit / 3) + 10); // 3 UTF-8 bytes, 1 UTF-16 unit each
+    const bytes = new TextEncoder().encode(body);
+    expect(body.length).toBeLessThan(limit);
+    expect(bytes.length).toBeGreaterThan(limit);
+    const stream = new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(bytes);
+        c.close();
+      },
+    });
+    await expectError(await setRaw(stream), 413);
+    await expectError(await setRaw(body, { "content-length": String(bytes.length) }), 413);
+    expect(service.calls).toEqual([]);
+  });
 });
 
 describe("GET /get", () => {
