@@ -280,7 +280,11 @@ export function decodeFrame(buf: Uint8Array, offset: number, frameBytesMax: numb
  * cut across chunks; copies only when a frame spans chunks.
  */
 export class FrameReader {
-  private pending: Uint8Array | null = null;
+  /** The start of an unfinished frame, as received (copies: a chunk's memory is not ours to keep). */
+  private parts: Uint8Array[] = [];
+  private partsBytes = 0;
+  /** Bytes that frame needs in all, once its length prefix has arrived (else 0). */
+  private need = 0;
   constructor(private readonly frameBytesMax: number) {}
 
   /**
@@ -290,14 +294,28 @@ export class FrameReader {
   push(chunk: Uint8Array): { frames: Frame[]; error?: DecodeFailure };
   push(chunk: Uint8Array, putsAsBytes: boolean): { frames: (Frame | PutBytes)[]; error?: DecodeFailure };
   push(chunk: Uint8Array, putsAsBytes = false): { frames: (Frame | PutBytes)[]; error?: DecodeFailure } {
+    // A frame still short after this chunk: keep the chunk and decode nothing (joining everything
+    // on every chunk copied a frame arriving in small pieces over and over: found by an audit).
+    // (Once its version byte is in, so that garbage is still refused as soon as it arrives.)
+    if (this.partsBytes >= 5 && this.partsBytes + chunk.length < this.need) {
+      this.parts.push(Uint8Array.prototype.slice.call(chunk));
+      this.partsBytes += chunk.length;
+      return { frames: [] };
+    }
     // One Buffer over the chunk: the decoder reads strings from it without a view per string.
     let buf: Buffer = asBuffer(chunk);
-    if (this.pending) {
-      const joined = Buffer.allocUnsafe(this.pending.length + chunk.length);
-      joined.set(this.pending, 0);
-      joined.set(chunk, this.pending.length);
+    if (this.partsBytes > 0) {
+      const joined = Buffer.allocUnsafe(this.partsBytes + chunk.length);
+      let at = 0;
+      for (const p of this.parts) {
+        joined.set(p, at);
+        at += p.length;
+      }
+      joined.set(chunk, at);
       buf = joined;
-      this.pending = null;
+      this.parts = [];
+      this.partsBytes = 0;
+      this.need = 0;
     }
     const frames: (Frame | PutBytes)[] = [];
     let off = 0;
@@ -319,7 +337,10 @@ export class FrameReader {
         continue;
       }
       if (d.reason === "need-more") {
-        this.pending = Buffer.from(buf.subarray(off)); // a copy: the chunk's memory is not ours to keep
+        const rest = Buffer.from(buf.subarray(off)); // a copy: the chunk's memory is not ours to keep
+        this.parts = [rest];
+        this.partsBytes = rest.length;
+        this.need = rest.length >= 4 ? 4 + rest.readUInt32BE(0) : 0;
         break;
       }
       return { frames, error: d.reason };
@@ -328,6 +349,6 @@ export class FrameReader {
   }
 
   get bufferedBytes(): number {
-    return this.pending?.length ?? 0;
+    return this.partsBytes;
   }
 }

@@ -67,14 +67,26 @@ export interface ReplicationServerHandlers {
 interface ConnData {
   conn: ServerConn;
   reader: FrameReader;
+  /** This connection's bytes in unfinished frames, as counted in the server's total. */
+  unfinished: number;
 }
+
+/** Bytes of unfinished frames all connections of a server may hold together (at least 4 largest frames). */
+export const UNFINISHED_BYTES_MAX = 256 << 20;
 
 export interface ReplicationServer {
   readonly port: number;
   stop(): void;
 }
 
-export function listenReplication(host: string, port: number, frameBytesMax: number, h: ReplicationServerHandlers, log: Logger): ReplicationServer {
+export function listenReplication(host: string, port: number, frameBytesMax: number, h: ReplicationServerHandlers, log: Logger, unfinishedMax = Math.max(UNFINISHED_BYTES_MAX, 4 * frameBytesMax)): ReplicationServer {
+  /**
+   * Bytes of unfinished frames across connections. Bounded (found by an audit: 300 connections
+   * each sending all but the end of a largest frame, then a byte every few seconds, held 1.2 GiB),
+   * as is the time one frame may take: the idle deadline is pushed back only by a whole frame or
+   * when nothing is left half-received, so a frame trickling in is closed after LINK_IDLE_TIMEOUT_S.
+   */
+  let unfinished = 0;
   const refuse = (socket: { end(): void }, remote: string, why: string, out?: Outbox) => {
     log.warn("closing replication connection", { remote, reason: why });
     out?.send(encodeFrame({ type: FrameType.Error, group: 0, term: 0, seq: 0, message: why }));
@@ -86,26 +98,32 @@ export function listenReplication(host: string, port: number, frameBytesMax: num
     socket: {
       open(socket) {
         const remote = `${socket.remoteAddress}`;
-        socket.data = { conn: { remote, out: new Outbox(socket), state: undefined }, reader: new FrameReader(frameBytesMax) };
+        socket.data = { conn: { remote, out: new Outbox(socket), state: undefined }, reader: new FrameReader(frameBytesMax), unfinished: 0 };
         socket.timeout(LINK_IDLE_TIMEOUT_S);
       },
       data(socket, chunk) {
         const d = socket.data;
         if (d.conn.out.closed) return;
-        socket.timeout(LINK_IDLE_TIMEOUT_S);
         const { frames, error } = d.reader.push(chunk);
+        unfinished += d.reader.bufferedBytes - d.unfinished;
+        d.unfinished = d.reader.bufferedBytes;
+        if (frames.length > 0 || d.unfinished === 0) socket.timeout(LINK_IDLE_TIMEOUT_S);
         const err = frames.length > 0 ? h.onFrames(d.conn, frames) : undefined;
         if (error) refuse(socket, d.conn.remote, `bad frame: ${error}`);
         else if (err) refuse(socket, d.conn.remote, err, d.conn.out);
+        else if (unfinished > unfinishedMax) refuse(socket, d.conn.remote, `too many bytes of unfinished frames on this port (${unfinished}, limit ${unfinishedMax})`);
       },
       drain(socket) {
         if (socket.data.conn.out.flush()) h.onDrain(socket.data.conn);
       },
       timeout(socket) {
-        log.warn("replication connection idle, closing", { remote: socket.data.conn.remote });
+        const stalled = socket.data.unfinished > 0;
+        log.warn(stalled ? "replication connection stalled mid-frame, closing" : "replication connection idle, closing", { remote: socket.data.conn.remote, unfinished_bytes: socket.data.unfinished });
         socket.end();
       },
       close(socket) {
+        unfinished -= socket.data.unfinished;
+        socket.data.unfinished = 0;
         socket.data.conn.out.closed = true;
         h.onClose(socket.data.conn);
       },

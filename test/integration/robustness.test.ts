@@ -222,6 +222,35 @@ describe("the replication port", () => {
     expect((await leader.cluster()).replication.followers.length).toBe(1);
   });
 
+  test("a frame trickling in a byte at a time is closed after the idle time; the node keeps replicating", async () => {
+    // Found by an audit: each byte pushed the idle deadline back, so a frame never finished held
+    // its connection (and up to a largest frame of memory) for as long as bytes kept coming.
+    await using c = await TestCluster.create();
+    const leader = await c.start({ leader: true, inMemory: true });
+    const f = await c.start({ inMemory: true });
+    await c.awaitInSync(leader, f);
+    const start = Buffer.alloc(100_000);
+    start.writeUInt32BE(1_000_000, 0);
+    start[4] = PROTOCOL_VERSION;
+    start[5] = FrameType.Request;
+    let closed = false;
+    const socket = await Bun.connect({ hostname: "127.0.0.1", port: leader.clusterPort, socket: { data() {}, close: () => void (closed = true) } });
+    socket.write(start);
+    const trickle = setInterval(() => socket.write(new Uint8Array([0])), 500);
+    try {
+      const opened = performance.now();
+      await waitFor("the leader to close the stalled connection", () => closed, 25_000, 100);
+      // The idle deadline (10 s), on Bun's 4 s timer grid.
+      expect(performance.now() - opened).toBeLessThan(20_000);
+    } finally {
+      clearInterval(trickle);
+      socket.end();
+    }
+    expect(leader.log).toMatch(/stalled mid-frame/);
+    expect((await leader.set("after", "stall")).status).toBe(200);
+    await waitFor("replication after the stalled connection", async () => (await f.get("after")).status === 200);
+  }, 40_000);
+
   test("forwarded requests with bad input get the API's error answers; the node keeps serving", async () => {
     await using c = await TestCluster.create();
     const leader = await c.start({ leader: true, inMemory: true, extra: ["-max-key-bytes", "16", "-max-value-bytes", "32"] });
