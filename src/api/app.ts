@@ -275,7 +275,10 @@ export function createApi(s: KvService) {
   // 20.1 µs in A/B runs). The schemas are still checked, and without normalizing Elysia refuses a
   // field a schema does not name: request schemas allow them (schemas.ts), and answers are built
   // with exactly their schema's fields (one that is not is a 500, which the tests would show).
-  return new Elysia({ name: "kvnode-api", normalize: false })
+  // standardHostname: false. By default Elysia looks for the path from the 12th character of the
+  // URL, assuming a host of at least 4 characters: a client reaching a node as http://kv/ (a short
+  // service name on port 80) got 404 on every route (found by an audit).
+  return new Elysia({ name: "kvnode-api", normalize: false, handler: { standardHostname: false } })
     .use(docsAssets())
     .use(
       openapi({

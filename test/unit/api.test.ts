@@ -470,6 +470,21 @@ describe("error answers", () => {
   });
 });
 
+describe("short host names", () => {
+  test("a client reaching the node by a 1-3 character name (http://kv/) is served like any other", async () => {
+    // Found by an audit: Elysia looked for the path from the 12th character, so every route was 404.
+    const { app } = setup();
+    for (const host of ["a", "kv", "db:80", "abc", "abcd", "127.0.0.1:9000"]) {
+      const set = await app.handle(new Request(`http://${host}/set`, { method: "POST", body: JSON.stringify({ key: `k-${host}`, value: "v" }) }));
+      expect({ host, status: set.status }).toEqual({ host, status: 200 });
+      const get = await app.handle(new Request(`http://${host}/get?key=${encodeURIComponent(`k-${host}`)}`));
+      expect({ host, status: get.status, value: (await get.json()).value }).toEqual({ host, status: 200, value: "v" });
+      expect((await app.handle(new Request(`http://${host}/health`))).status).toBe(200);
+      expect((await app.handle(new Request(`http://${host}/nope`))).status).toBe(404);
+    }
+  });
+});
+
 describe("headers", () => {
   test("answers served by the node asked carry no x-kvnode headers", async () => {
     const { call, set, get } = setup();
