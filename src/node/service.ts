@@ -7,6 +7,7 @@ import type { KeysPage, KeysQuery, KvService, Reply } from "../api/service.ts";
 import type { Member, Membership } from "../discovery/membership.ts";
 import { UnavailableError } from "../lib/errors.ts";
 import { limits, requestBodyBytesMax } from "../lib/limits.ts";
+import { pageOfKeys } from "../store/page.ts";
 import type { Logger } from "../lib/log.ts";
 import type { Follower } from "../replication/follower.ts";
 import { type Leader, ReplicationTimeout } from "../replication/leader.ts";
@@ -217,12 +218,8 @@ export function createService(d: ServiceDeps): NodeService {
   };
 
   const localKeys = (q: KeysQuery): KeysPage => {
-    const all: string[] = [];
-    for (const k of store.keys()) if (k.startsWith(q.prefix) && (q.cursor === undefined || k > q.cursor)) all.push(k);
-    all.sort();
-    if (q.limit === undefined || all.length <= q.limit) return { keys: all, count: all.length, cursor: null };
-    const keys = all.slice(0, q.limit);
-    return { keys, count: keys.length, cursor: keys[keys.length - 1]! };
+    const { keys, cursor } = pageOfKeys(store.keys(), q.prefix, q.cursor, q.limit);
+    return { keys, count: keys.length, cursor };
   };
 
   const clusterKeys = async (q: KeysQuery, ctx: RequestContext): Promise<KeysPage> => {

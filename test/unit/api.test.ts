@@ -478,7 +478,7 @@ describe("short host names", () => {
       const set = await app.handle(new Request(`http://${host}/set`, { method: "POST", body: JSON.stringify({ key: `k-${host}`, value: "v" }) }));
       expect({ host, status: set.status }).toEqual({ host, status: 200 });
       const get = await app.handle(new Request(`http://${host}/get?key=${encodeURIComponent(`k-${host}`)}`));
-      expect({ host, status: get.status, value: (await get.json()).value }).toEqual({ host, status: 200, value: "v" });
+      expect({ host, status: get.status, value: ((await get.json()) as { value: string }).value }).toEqual({ host, status: 200, value: "v" });
       expect((await app.handle(new Request(`http://${host}/health`))).status).toBe(200);
       expect((await app.handle(new Request(`http://${host}/nope`))).status).toBe(404);
     }

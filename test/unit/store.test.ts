@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { AssertionError } from "../../src/lib/assert.ts";
 import { hashKey, Store } from "../../src/store/store.ts";
+import { pageOfKeys } from "../../src/store/page.ts";
 
 /** What a store read shows: value and version (the live entry object also names its key). */
 const entryOf = (e: { value: string; version: number } | undefined) => (e === undefined ? undefined : { value: e.value, version: e.version });
@@ -696,5 +697,41 @@ describe("Store arena (keys and values as bytes off the JS heap)", () => {
     }
     for (const k of seen.keys()) expect(k).toMatch(/^k\d+$/);
     expect(s.arenaBytes.held).toBeLessThanOrEqual(3 * s.arenaBytes.live + MiB);
+  });
+});
+
+describe("pageOfKeys", () => {
+  const model = (keys: string[], prefix: string, cursor: string | undefined, limit: number | undefined) => {
+    const all = keys.filter((k) => k.startsWith(prefix) && (cursor === undefined || k > cursor)).sort();
+    if (limit === undefined || all.length <= limit) return { keys: all, cursor: null };
+    return { keys: all.slice(0, limit), cursor: all[limit - 1]! };
+  };
+
+  test("gives exactly the page a full sort gives, for any keys in any order, prefix, cursor and limit (property)", () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.string({ unit: fc.constantFrom("a", "b", "c", "\u00e9", "\ud83d\ude00"), maxLength: 6 }), { maxLength: 300 }),
+        fc.constantFrom("", "a", "b", "ab"),
+        fc.option(fc.string({ unit: fc.constantFrom("a", "b", "c"), maxLength: 4 }), { nil: undefined }),
+        fc.option(fc.integer({ min: 1, max: 40 }), { nil: undefined }),
+        (keys, prefix, cursor, limit) => {
+          expect(pageOfKeys(keys, prefix, cursor, limit)).toEqual(model(keys, prefix, cursor, limit));
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+
+  test("walking the pages by cursor visits every key once, in order", () => {
+    const keys = Array.from({ length: 5000 }, (_, i) => `k${(i * 7919) % 5000}`);
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    for (;;) {
+      const p = pageOfKeys(keys, "", cursor, 37);
+      seen.push(...p.keys);
+      if (p.cursor === null) break;
+      cursor = p.cursor;
+    }
+    expect(seen).toEqual([...keys].sort());
   });
 });
