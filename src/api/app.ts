@@ -50,15 +50,15 @@ function statusOf(e: KvError): number {
  * Elysia hands over a query value it cannot percent-decode as the raw text, so a key sent as
  * invalid UTF-8 (`?key=%ED%A0%80`) would be looked up as the literal "%ED%A0%80". Refuse it.
  */
-function checkQueryEncoding(request: Request, key: string | undefined): void {
+function checkQueryEncoding(request: Request, key: string | undefined, name = "key"): void {
   if (key === undefined || !key.includes("%")) return;
   const q = request.url.indexOf("?");
   for (const part of request.url.slice(q + 1).split("&")) {
-    if (!part.startsWith("key=")) continue;
+    if (!part.startsWith(`${name}=`)) continue;
     try {
-      decodeURIComponent(part.slice(4).replace(/\+/g, " "));
+      decodeURIComponent(part.slice(name.length + 1).replace(/\+/g, " "));
     } catch {
-      throw new BadRequestError("Key is not valid percent-encoded UTF-8");
+      throw new BadRequestError(`${name[0]!.toUpperCase()}${name.slice(1)} is not valid percent-encoded UTF-8`);
     }
   }
 }
@@ -337,6 +337,8 @@ export function createApi(s: KvService) {
       "/keys",
       async ({ query, request }) => {
         const scope = query.scope ?? "node";
+        checkQueryEncoding(request, query.prefix, "prefix");
+        checkQueryEncoding(request, query.cursor, "cursor");
         if (scope !== "node" && scope !== "cluster") throw new BadRequestError(`Invalid scope "${scope}": use node or cluster`);
         const page = await s.keys(
           { scope, prefix: query.prefix ?? "", limit: limitOf(query.limit, scope === "cluster" ? 1000 : undefined), cursor: query.cursor || undefined },

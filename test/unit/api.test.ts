@@ -543,11 +543,17 @@ describe("unicode", () => {
 });
 
 describe("keys in the query string", () => {
-  test("a key that is not valid percent-encoded UTF-8 is refused with 400, while a literal % (sent as %25) works", async () => {
+  test("a key (or /keys prefix or cursor) that is not valid percent-encoded UTF-8 is refused with 400, while a literal % (sent as %25) works", async () => {
     const service = new MemoryService({ keyBytesMax: 64, valueBytesMax: 64 });
     const app = createApi(service);
     const call = (path: string, method = "GET") => app.handle(new Request(`http://localhost${path}`, { method }));
-    for (const [path, method] of [["/get?key=%ED%A0%80", "GET"], ["/delete?key=%E0%A4%A", "DELETE"], ["/get?key=%FF", "GET"]] as const) {
+    for (const [path, method] of [
+      ["/get?key=%ED%A0%80", "GET"],
+      ["/delete?key=%E0%A4%A", "DELETE"],
+      ["/get?key=%FF", "GET"],
+      ["/keys?prefix=%E9", "GET"],
+      ["/keys?limit=5&cursor=%ED%A0%80", "GET"],
+    ] as const) {
       const r = await call(path, method);
       expect(r.status).toBe(400);
       expect(((await r.json()) as { error: string }).error).toMatch(/percent-encoded UTF-8/);
