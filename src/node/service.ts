@@ -52,6 +52,9 @@ export interface NodeService {
   tombstonesNeeded: () => boolean;
 }
 
+/** How long a ring group without a leader holds back tombstone purging, at least (see tombstonesNeeded). */
+const LEADERLESS_HOLD_MS = 120_000;
+
 /** Rings remembered for ownedSince; an entry older than all of them does not count. */
 const RING_EPOCHS_KEPT = 256;
 
@@ -135,12 +138,30 @@ export function createService(d: ServiceDeps): NodeService {
    * another group from undoing a delete made here. Kept while keys move or the ring just changed,
    * while a group on the ring has no leader (it may come back and go on moving: found by review),
    * and for a while after all that (a leader just back announces that it moves only once its own
-   * start-up settle is over).
+   * start-up settle is over). A group without a leader holds them back for a restart's time only
+   * (LEADERLESS_HOLD_MS, or 4 stale times): a group gone for good stays on the ring, and would
+   * keep every tombstone of every other leader forever.
    */
   let unquietAtMs = startedMs;
+  const leaderlessSince = new Map<number, number>();
+  const heldTooLong = new Set<number>();
+  const leaderlessHoldMs = Math.max(LEADERLESS_HOLD_MS, 4 * config.staleMs);
   const tombstonesNeeded = () => {
     const t = now();
-    if (rebalancing() || membership.ringGroups().some((g) => membership.leaderOf(g) === undefined)) unquietAtMs = t;
+    let waiting = false;
+    for (const g of membership.ringGroups()) {
+      if (membership.leaderOf(g) !== undefined) {
+        leaderlessSince.delete(g);
+        heldTooLong.delete(g);
+        continue;
+      }
+      const since = leaderlessSince.get(g);
+      if (since === undefined) leaderlessSince.set(g, t);
+      if (since === undefined || t - since < leaderlessHoldMs) waiting = true;
+      else if (!heldTooLong.has(g) && heldTooLong.add(g))
+        log.warn("a group on the ring has had no leader for a while: tombstones are purged again (if it comes back holding keys that moved, a delete made here meanwhile can be undone)", { group: g, ms: Math.round(t - since) });
+    }
+    if (waiting || rebalancing()) unquietAtMs = t;
     return t - unquietAtMs < 2 * settleMs + 1000;
   };
   /** Where a key this group owns was before this group joined: its owner on the ring without us. */
