@@ -155,7 +155,8 @@ function contextOf(request: Request, anyReplica = false): RequestContext {
 const CLIENT: RequestContext = Object.freeze({ hops: 0, targetGroup: undefined, noFallback: false, anyReplica: false });
 const CLIENT_ANY: RequestContext = Object.freeze({ ...CLIENT, anyReplica: true });
 
-type Setter = { status?: number | string; headers: Record<string, string | number> };
+/** Elysia's `set`; `counted` is the status an answer was counted under (see onError). */
+type Setter = { status?: number | string; headers: Record<string, string | number>; counted?: number };
 
 /**
  * Send a Reply: status and body, and x-kvnode-node / x-kvnode-group naming the node that served it
@@ -163,6 +164,7 @@ type Setter = { status?: number | string; headers: Record<string, string | numbe
  */
 function answer(counts: RequestCounts, route: CountedRoute, r: Reply, set: Setter, own?: Record<string, string>): never {
   counts.add(route, r.status);
+  set.counted = r.status;
   // Elysia answers a plain 200 on a faster path when the status was never assigned (~7% of a GET).
   if (r.status !== 200) set.status = r.status;
   const h = r.headers ?? own;
@@ -304,8 +306,12 @@ export function createApi(s: KvService) {
       }),
     )
     .onError(({ code, error, set, request, path }) => {
+      const route = RequestCounts.routeOf(path);
+      // An answer that failed its schema was counted when it was made: it becomes this 500 instead.
+      const counted = (set as Setter).counted;
+      if (counted !== undefined) counts.add(route, counted, -1);
       const body = errorAnswer(code, error, set, request, path);
-      counts.add(RequestCounts.routeOf(path), Number(set.status ?? 500));
+      counts.add(route, Number(set.status ?? 500));
       return body;
     })
     // The body is read and checked here, not by an Elysia parse hook and body schema: that path

@@ -21,8 +21,8 @@ export type CountedRoute = (typeof COUNTED_ROUTES)[number];
 export class RequestCounts {
   private readonly byRoute = new Map<string, Float64Array>(COUNTED_ROUTES.map((r) => [r, new Float64Array(600)]));
 
-  add(route: CountedRoute, status: number): void {
-    this.byRoute.get(route)![status >= 100 && status < 600 ? status : 500]!++;
+  add(route: CountedRoute, status: number, n = 1): void {
+    this.byRoute.get(route)![status >= 100 && status < 600 ? status : 500]! += n;
   }
 
   /** The route an answer to `path` counts under. */

@@ -470,6 +470,28 @@ describe("error answers", () => {
   });
 });
 
+describe("GET /metrics", () => {
+  test("counts each answer once by route and status, an answer that failed its schema as the 500 it became", async () => {
+    const { service, set, get, app } = setup();
+    expect((await set({ key: "k", value: "v" })).status).toBe(200);
+    expect((await get("k")).status).toBe(200);
+    expect((await get("nope")).status).toBe(404);
+    // Found by review: such an answer was counted as 200 and as 500.
+    service.setReply = { status: 200, body: { status: "ok", key: "k", version: "x" as unknown as number } };
+    expect((await set({ key: "k", value: "v" })).status).toBe(500);
+    const text = await (await app.handle(new Request("http://localhost/metrics"))).text();
+    const counted = text.split("\n").filter((l) => l.startsWith("kvnode_http_requests_total{")).sort();
+    expect(counted).toEqual(
+      [
+        'kvnode_http_requests_total{route="/set",status="200"} 1',
+        'kvnode_http_requests_total{route="/set",status="500"} 1',
+        'kvnode_http_requests_total{route="/get",status="200"} 1',
+        'kvnode_http_requests_total{route="/get",status="404"} 1',
+      ].sort(),
+    );
+  });
+});
+
 describe("short host names", () => {
   test("a client reaching the node by a 1-3 character name (http://kv/) is served like any other", async () => {
     // Found by an audit: Elysia looked for the path from the 12th character, so every route was 404.
