@@ -6,8 +6,8 @@
  *   prom-client's counters at each scrape.
  * - The node's state, read at each scrape from the same view as /cluster: keys, sequences, lag,
  *   storage, membership, rebalancing, discovery.
- * - prom-client's default process metrics (CPU, resident memory, open files, event-loop lag).
- *   Under Bun a few of its Node-only series read 0 (heap spaces, active handles).
+ * - prom-client's default process metrics (CPU, resident memory, open files, event-loop lag,
+ *   heap), less those Bun does not fill in (they would read 0 or Bun's stand-in Node version).
  */
 import type { Static } from "elysia";
 import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
@@ -37,6 +37,14 @@ export class RequestCounts {
 
 type ClusterView = Static<typeof ClusterReply>;
 
+/** prom-client defaults that read nothing true under Bun: zeros, empty, or the Node version Bun pretends to be. */
+const NOT_UNDER_BUN = [
+  "nodejs_active_resources", "nodejs_active_resources_total", "nodejs_active_handles", "nodejs_active_handles_total",
+  "nodejs_active_requests", "nodejs_active_requests_total", "nodejs_heap_space_size_total_bytes",
+  "nodejs_heap_space_size_used_bytes", "nodejs_heap_space_size_available_bytes", "nodejs_version_info",
+  "nodejs_gc_duration_seconds", "process_heap_bytes",
+];
+
 /**
  * The /metrics of one node: `scrape` gives the text of a scrape. `view` is read once a scrape;
  * `counts` are the API's answers.
@@ -44,11 +52,12 @@ type ClusterView = Static<typeof ClusterReply>;
 export function createMetrics(view: () => ClusterView, counts: RequestCounts): { contentType: string; scrape: () => Promise<string> } {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
+  for (const name of NOT_UNDER_BUN) registry.removeSingleMetric(name);
   const registers = [registry];
   const gauge = (name: string, help: string, labelNames: string[] = []) => new Gauge({ name: `kvnode_${name}`, help, labelNames, registers });
   const counter = (name: string, help: string, labelNames: string[] = []) => new Counter({ name: `kvnode_${name}`, help, labelNames, registers });
 
-  const info = gauge("info", "Always 1; the labels say which node this is", ["node_id", "group", "role"]);
+  const info = gauge("info", "Always 1; the labels say which node this is, and the Bun it runs on", ["node_id", "group", "role", "bun"]);
   const isLeader = gauge("is_leader", "1 on the leader of its group, 0 on a follower");
   const keys = gauge("keys", "Live keys in this node's store");
   const tombstones = gauge("tombstones", "Deleted keys remembered until no replica can need them");
@@ -102,7 +111,7 @@ export function createMetrics(view: () => ClusterView, counts: RequestCounts): {
     const v = view();
     const r = v.replication;
     info.reset();
-    info.set({ node_id: v.self_node_id, group: String(v.self_group), role: r.role }, 1);
+    info.set({ node_id: v.self_node_id, group: String(v.self_group), role: r.role, bun: Bun.version }, 1);
     isLeader.set(r.role === "leader" ? 1 : 0);
     keys.set(v.memory.keys);
     tombstones.set(v.memory.tombstones);

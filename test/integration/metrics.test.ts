@@ -76,7 +76,11 @@ describe("GET /metrics", () => {
     expect(l.samples.get("kvnode_seq")).toBe(6);
     expect(l.samples.get("kvnode_followers")).toBe(1);
     expect(l.samples.get(`kvnode_follower_lag{follower="${follower.nodeId}"}`)).toBe(0);
-    expect(l.samples.get(`kvnode_info{node_id="${leader.nodeId}",group="0",role="leader"}`)).toBe(1);
+    expect(l.samples.get(`kvnode_info{node_id="${leader.nodeId}",group="0",role="leader",bun="${Bun.version}"}`)).toBe(1);
+    // prom-client's process series, less those Bun does not fill in.
+    expect(l.types.get("nodejs_eventloop_lag_seconds")).toBe("gauge");
+    expect(l.types.has("nodejs_version_info")).toBe(false);
+    expect(l.types.has("nodejs_heap_space_size_total_bytes")).toBe(false);
     expect(l.samples.get("kvnode_cluster_nodes")).toBe(2);
     expect(l.samples.get("process_resident_memory_bytes")).toBeGreaterThan(1 << 20);
 
