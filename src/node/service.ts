@@ -83,13 +83,19 @@ export function createService(d: ServiceDeps): NodeService {
   /** Groups on the last ring this leader served before it started, if it saved its rings. */
   const lastRingBefore = ringEpochs.length > 0 ? new Set(ringEpochs.at(-1)!.ring.groups) : null;
   /**
-   * Whether the ring may have changed while this node was down: at the start-up settle, a group
-   * was known that was not on the last ring it served before. (A group that joined meanwhile may
-   * have taken writes for this group's keys; while this node is down, one that drains again
-   * cannot hand them back, so it is still around at the settle. A group that joins later is a
-   * ring change like any other, recorded below.)
+   * Whether the ring may have changed while this node was down: a group has been known since it
+   * started that was not on the last ring it served before. (A group that joined meanwhile may
+   * have taken writes for this group's keys. While this node is down, one that drains again
+   * cannot hand them back, so it is still around; but it may be down itself at this node's
+   * start, and a group that first appears later cannot be told from one that joins later: so
+   * any group new to the last ring, whenever it appears, counts. Found by review: judging once,
+   * at the start-up settle, lost every write such a group had made.) Once true, stays true.
    */
-  let changedWhileDown = true;
+  let changedWhileDown = lastRingBefore === null;
+  const checkGroups = (groups: Iterable<number>) => {
+    if (changedWhileDown) return;
+    for (const g of groups) if (!lastRingBefore!.has(g)) changedWhileDown = true;
+  };
   /** The start-up settle is over: requests and moves are served (nothing is written before). */
   let isSettled = false;
   let lastRing: HashRing | null = null;
@@ -97,6 +103,7 @@ export function createService(d: ServiceDeps): NodeService {
     const r = rings.get(membership.ringVersion, () => membership.ringGroups(), now);
     // Recorded from the settle on: before it nothing is written, and the partial rings of a
     // node still hearing its peers would make the next start see groups as new.
+    if (r !== lastRing && !changedWhileDown) checkGroups(r.groups);
     if (r !== lastRing && isSettled) {
       lastRing = r;
       if (leader) {
@@ -118,7 +125,10 @@ export function createService(d: ServiceDeps): NodeService {
     let i = ringEpochs.length - 1;
     while (i >= 0 && ringEpochs[i]!.seq >= version) i--;
     if (i < 0) return false;
-    if (ringEpochs[i]!.restored && changedWhileDown) return false;
+    if (ringEpochs[i]!.restored) {
+      checkGroups(membership.knownGroups());
+      if (changedWhileDown) return false;
+    }
     for (; i < ringEpochs.length; i++) if (ringEpochs[i]!.ring.ownerOf(key) !== config.group) return false;
     return true;
   };
@@ -195,9 +205,7 @@ export function createService(d: ServiceDeps): NodeService {
   /** Requests wait for the start-up settle (below), so the first one already routes with every group. */
   let settle!: () => void;
   const settled = new Promise<void>((r) => (settle = () => {
-    // Every group around has been heard by now: did one appear that was not on the last ring
-    // this leader served before it stopped?
-    changedWhileDown = lastRingBefore !== null && membership.knownGroups().some((g) => !lastRingBefore.has(g));
+    checkGroups(membership.knownGroups());
     isSettled = true;
     r();
   }));

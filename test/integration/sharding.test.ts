@@ -559,21 +559,46 @@ describe("rebalancing", () => {
     expect(back).toEqual([]);
   }, 120_000);
 
-  for (const how of ["kill -9", "SIGTERM", "kill -9, and a third group joins after", "kill -9, the log snapshotted meanwhile"] as const) {
+  test("a group that joined while a leader was down, and is down itself when that leader starts again, keeps its newer writes to that leader's keys", async () => {
+    // Found by review: whether the ring may have changed while a leader was down was judged
+    // once, at its start-up settle, so such a group went unseen and its writes were skipped.
+    await using c = await TestCluster.create();
+    const adir = c.newDataDir();
+    const bdir = c.newDataDir();
+    let a = await c.start({ leader: true, group: 0, dataDir: adir });
+    const keys = Array.from({ length: 200 }, (_, i) => `q${i}`);
+    for (const k of keys) expect((await a.set(k, `old:${k}`)).status).toBe(200);
+    expect(await a.stop()).toBe(0);
+    // Group 1 starts while group 0 is down: it has never heard of group 0 and takes every key.
+    let b = await c.start({ leader: true, group: 1, dataDir: bdir });
+    for (const k of keys) expect((await b.set(k, `new:${k}`)).status).toBe(200);
+    expect(await b.stop()).toBe(0);
+    // Group 0 comes back (past its start-up settle: start() waits for the ready line), then group 1.
+    a = await c.start({ leader: true, group: 0, dataDir: adir });
+    b = await c.start({ leader: true, group: 1, dataDir: bdir });
+    await c.awaitMembership([a, b], 2);
+    const ring = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
+    const onA = keys.filter((k) => ring.ownerOf(k) === 0);
+    await waitFor("group 1 to hand group 0's keys over", async () => (await b.health()).keys === keys.length - onA.length, 30_000, 100);
+    const lost: string[] = [];
+    for (const k of onA) {
+      const r = await a.get(k);
+      if (r.body.value !== `new:${k}`) lost.push(`${k}=${r.body.value}`);
+    }
+    expect(lost).toEqual([]);
+  });
+
+  for (const how of ["kill -9", "SIGTERM", "kill -9, the log snapshotted meanwhile"] as const) {
     test(`writes and deletes made on a new owner before its keys moved in survive a restart of it in the middle of the move (${how})`, async () => {
       // Found by an audit: the rings a leader had served were only in memory, so after a restart
       // everything written before it counted as older than a moved-in copy; the old owner's
-      // copies then overwrote all 100 acknowledged writes and deletes. (And, found by review, a
-      // group joining after the restart made them all count as older again.)
+      // copies then overwrote all 100 acknowledged writes and deletes.
       await using c = await TestCluster.create();
       const a = await c.start({ leader: true, group: 0, inMemory: true });
       const keys = Array.from({ length: 16_000 }, (_, i) => `r${i}`);
       await pool(keys, 16, async (k) => void expect((await a.set(k, `old:${k};${"x".repeat(1000)}`)).status).toBe(200));
-      const third = how.includes("third");
-      const hash = (s: string) => Bun.hash.murmur32v3(s);
-      const ring2 = new HashRing([0, 1], undefined, hash);
-      const ringAfter = third ? new HashRing([0, 1, 2], undefined, hash) : ring2;
-      const victims = keys.filter((k) => ring2.ownerOf(k) === 1 && ringAfter.ownerOf(k) === 1).slice(-100); // sent last
+      const ring2 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
+      const victims = keys.filter((k) => ring2.ownerOf(k) === 1).slice(-100); // sent last
       const dir = c.newDataDir();
       // With snapshots, the deletes' tombstones are on disk only in a snapshot (found by review: they were not).
       const extra = how.includes("snapshot") ? ["-snapshot-bytes", "4096"] : [];
@@ -590,11 +615,7 @@ describe("rebalancing", () => {
       else await b.kill9();
       b = await c.start({ leader: true, group: 1, dataDir: dir, extra });
       const nodes = [a, b];
-      if (third) {
-        nodes.push(await c.start({ leader: true, group: 2, inMemory: true }));
-        await c.awaitMembership(nodes, 3);
-      }
-      const stayOnA = keys.filter((k) => ringAfter.ownerOf(k) === 0).length;
+      const stayOnA = keys.filter((k) => ring2.ownerOf(k) === 0).length;
       const moving = async () => (await Promise.all(nodes.map((n) => n.cluster()))).some((cl: any) => cl.groups.some((g: any) => g.moving));
       await waitFor("the moves to end", async () => !(await moving()) && (await a.health()).keys === stayOnA, 50_000, 50);
       const wrong: string[] = [];
