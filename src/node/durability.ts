@@ -142,7 +142,7 @@ export class Durability {
     if (this.snapshotting || now < this.snapshotRetryAt) return;
     if (this.writer.segmentBytes + this.olderWalBytes < this.o.snapshotBytes) return;
     this.snapshotting = true;
-    const entries = store.snapshot();
+    const entries = store.snapshot(true);
     const history = this.history;
     // Later records go to a new segment; the ones before it are covered by the snapshot.
     this.olderWalBytes += this.writer.segmentBytes;
@@ -190,7 +190,7 @@ export class Durability {
     // Nothing after `seq` of the new history is on disk yet (what the old one had says nothing);
     // a transfer's `seq` itself is, once its snapshot is written (acknowledged only after that).
     this.writer.restartAt(kind === "snapshot" ? seq : Math.min(this.writer.durableSeq, seq), join(this.o.dir, walName(historyId, seq + 1)));
-    const entries = kind === "snapshot" ? store.snapshot() : null;
+    const entries = kind === "snapshot" ? store.snapshot(true) : null;
     this.chain = this.chain.then(async () => {
       try {
         if (entries) {

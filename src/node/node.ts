@@ -23,6 +23,8 @@ import { createViews } from "./views.ts";
 
 const PING_INTERVAL_MS = 1000;
 const MOVER_TICK_MS = 50;
+/** The longest a leader holds its tombstones back while keys may still move in (see the purge timer). */
+const TOMBSTONE_HOLD_MAX_MS = 15 * 60_000;
 const START_SETTLE_MS = 150;
 
 export interface RunningNode {
@@ -428,6 +430,9 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   if (leader && durability) durability.saveIdentity({ term });
   settle();
 
+  /** The leader's head each second over the last TOMBSTONE_HOLD_MAX_MS (the first is at least that old, once there is one). */
+  const heads: { at: number; seq: number }[] = [];
+  let heldTooLong = false;
   const timers = [
     setInterval(() => void mover?.tick(), MOVER_TICK_MS),
     setInterval(() => {
@@ -436,9 +441,18 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     setInterval(() => {
       // While keys may still be moving in, a tombstone is what keeps a moved-in copy from
       // undoing a delete made here: keep them all until the moves are over (found by an audit:
-      // a move larger than the history outlived the tombstones of its first deletes).
+      // a move larger than the history outlived the tombstones of its first deletes), but not
+      // for more than TOMBSTONE_HOLD_MAX_MS: a move stuck for good (its owner gone) would keep
+      // them forever (found by review).
       if (leader) {
+        const t = performance.now();
+        heads.push({ at: t, seq: leader.head });
+        while (heads.length > 1 && t - heads[1]!.at >= TOMBSTONE_HOLD_MAX_MS) heads.shift();
         if (!tombstonesNeeded()) leader.purgeTombstones();
+        else if (t - heads[0]!.at >= TOMBSTONE_HOLD_MAX_MS && leader.purgeTombstones(heads[0]!.seq) > 0 && !heldTooLong) {
+          heldTooLong = true;
+          log.warn("keys have been moving (or a group has had no leader) for a long time: tombstones older than the hold are purged again; a copy still to move in can undo a delete that old", { hold_ms: TOMBSTONE_HOLD_MAX_MS });
+        }
       } else follower!.purgeTombstones(config.historyEntries);
     }, 1000),
   ];

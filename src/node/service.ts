@@ -159,7 +159,8 @@ export function createService(d: ServiceDeps): NodeService {
   const tombstonesNeeded = () => {
     const t = now();
     let waiting = false;
-    for (const g of membership.ringGroups()) {
+    // Known groups, draining ones included (a draining group whose leader restarts stops moving).
+    for (const g of membership.knownGroups()) {
       if (membership.leaderOf(g) !== undefined) {
         leaderlessSince.delete(g);
         heldTooLong.delete(g);

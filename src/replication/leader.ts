@@ -359,8 +359,8 @@ export class Leader {
   }
 
   /** Tombstones older than the history can no longer matter: a follower that old gets a snapshot. */
-  purgeTombstones(): number {
-    return this.o.store.purgeTombstones(this.history.firstSeq - 1);
+  purgeTombstones(upTo = Number.POSITIVE_INFINITY): number {
+    return this.o.store.purgeTombstones(Math.min(this.history.firstSeq - 1, upTo));
   }
 
   attach(out: Outbox, address: string): FollowerLink {

@@ -69,22 +69,27 @@ interface ConnData {
   reader: FrameReader;
   /** This connection's bytes in unfinished frames, as counted in the server's total. */
   unfinished: number;
+  /** `unfinished` when the idle deadline was last pushed back. */
+  unfinishedAtArm: number;
 }
 
-/** Bytes of unfinished frames all connections of a server may hold together (at least 4 largest frames). */
+/** Bytes of unfinished frames all connections of a server may hold together (at least 16 largest frames). */
 export const UNFINISHED_BYTES_MAX = 256 << 20;
+/** A frame still arriving pushes the idle deadline back for each this many bytes of it. */
+const PROGRESS_BYTES = 1 << 20;
 
 export interface ReplicationServer {
   readonly port: number;
   stop(): void;
 }
 
-export function listenReplication(host: string, port: number, frameBytesMax: number, h: ReplicationServerHandlers, log: Logger, unfinishedMax = Math.max(UNFINISHED_BYTES_MAX, 4 * frameBytesMax)): ReplicationServer {
+export function listenReplication(host: string, port: number, frameBytesMax: number, h: ReplicationServerHandlers, log: Logger, unfinishedMax = Math.max(UNFINISHED_BYTES_MAX, 16 * frameBytesMax)): ReplicationServer {
   /**
    * Bytes of unfinished frames across connections. Bounded (found by an audit: 300 connections
    * each sending all but the end of a largest frame, then a byte every few seconds, held 1.2 GiB),
-   * as is the time one frame may take: the idle deadline is pushed back only by a whole frame or
-   * when nothing is left half-received, so a frame trickling in is closed after LINK_IDLE_TIMEOUT_S.
+   * as is the time one frame may take: the idle deadline is pushed back only by a whole frame,
+   * when nothing is left half-received, or by each MiB of a large frame still arriving, so a frame
+   * trickling in is closed after LINK_IDLE_TIMEOUT_S.
    */
   let unfinished = 0;
   const refuse = (socket: { end(): void }, remote: string, why: string, out?: Outbox) => {
@@ -98,7 +103,7 @@ export function listenReplication(host: string, port: number, frameBytesMax: num
     socket: {
       open(socket) {
         const remote = `${socket.remoteAddress}`;
-        socket.data = { conn: { remote, out: new Outbox(socket), state: undefined }, reader: new FrameReader(frameBytesMax), unfinished: 0 };
+        socket.data = { conn: { remote, out: new Outbox(socket), state: undefined }, reader: new FrameReader(frameBytesMax), unfinished: 0, unfinishedAtArm: 0 };
         socket.timeout(LINK_IDLE_TIMEOUT_S);
       },
       data(socket, chunk) {
@@ -107,7 +112,10 @@ export function listenReplication(host: string, port: number, frameBytesMax: num
         const { frames, error } = d.reader.push(chunk);
         unfinished += d.reader.bufferedBytes - d.unfinished;
         d.unfinished = d.reader.bufferedBytes;
-        if (frames.length > 0 || d.unfinished === 0) socket.timeout(LINK_IDLE_TIMEOUT_S);
+        if (frames.length > 0 || d.unfinished === 0 || d.unfinished - d.unfinishedAtArm >= PROGRESS_BYTES) {
+          socket.timeout(LINK_IDLE_TIMEOUT_S);
+          d.unfinishedAtArm = d.unfinished;
+        }
         const err = frames.length > 0 ? h.onFrames(d.conn, frames) : undefined;
         if (error) refuse(socket, d.conn.remote, `bad frame: ${error}`);
         else if (err) refuse(socket, d.conn.remote, err, d.conn.out);

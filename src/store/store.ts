@@ -672,14 +672,15 @@ export class Store {
    * table and the arena's bytes (a memcpy of about the data's size, ~0.1 s for a million keys
    * of 100 bytes); the entries are decoded one by one as it is iterated, in table order.
    */
-  snapshot(): Snapshot {
+  /** With `tombstones`, the snapshot lists them too (sorted: a durable snapshot keeps them; a full transfer does not need them). */
+  snapshot(tombstones = false): Snapshot {
     if (this.old !== null) this.step(Infinity);
     const bufs = this.chunks.map((c) => (c === undefined ? undefined : Buffer.from(c.buf.subarray(0, c.used))));
     const table = this.table.slice();
-    const tombstones = Array.from(this.dead).sort((a, b) => a[1] - b[1]);
+    const dead = tombstones ? Array.from(this.dead).sort((a, b) => a[1] - b[1]) : undefined;
     return {
       length: this.count,
-      tombstones,
+      tombstones: dead,
       *[Symbol.iterator]() {
         for (let p = 0; p < table.length; p += 3) {
           const n = table[p + 1]!;

@@ -474,7 +474,7 @@ describe("recover", () => {
     store.delete("a", 3);
     store.delete("never-held", 4); // a delete of a key not held yet (rebalancing)
     store.set("c", "3", 5);
-    await writeSnapshot(dir, { group: 0, term: 1, seq: 5, historyId: H }, store.snapshot());
+    await writeSnapshot(dir, { group: 0, term: 1, seq: 5, historyId: H }, store.snapshot(true));
     const back = new Store();
     expect(recover(back, recoverOpts(dir)).seq).toBe(5);
     expect({ a: back.versionOf("a"), never: back.versionOf("never-held"), b: back.get("b"), c: back.get("c"), size: back.size, tombstones: back.tombstoneCount }).toEqual({
