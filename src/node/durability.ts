@@ -189,7 +189,8 @@ export class Durability {
     this.adopting++;
     // Nothing after `seq` of the new history is on disk yet (what the old one had says nothing);
     // a transfer's `seq` itself is, once its snapshot is written (acknowledged only after that).
-    this.writer.restartAt(kind === "snapshot" ? seq : Math.min(this.writer.durableSeq, seq), join(this.o.dir, walName(historyId, seq + 1)));
+    // A transfer's records wait in memory until its snapshot and node.json are on disk.
+    this.writer.restartAt(kind === "snapshot" ? seq : Math.min(this.writer.durableSeq, seq), join(this.o.dir, walName(historyId, seq + 1)), kind === "snapshot");
     const entries = kind === "snapshot" ? store.snapshot(true) : null;
     this.chain = this.chain.then(async () => {
       try {
@@ -202,6 +203,7 @@ export class Durability {
         for (const f of listFiles(this.o.dir)) if (f.history !== historyId) removeFile(this.o.dir, f.name);
         this.olderWalBytes = 0;
         this.adopting--;
+        if (this.adopting === 0) this.writer.release();
         onDone?.();
       } catch (e) {
         // Still adopting: this node acknowledges nothing more until it restarts (its disk holds the old history).

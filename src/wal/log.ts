@@ -67,6 +67,8 @@ export class LogWriter {
   /** A failed flush may have left bytes after `segmentBytes` that are not yet cut off. */
   private tailDirty = false;
   durableSeq: number;
+  /** restartAt's hold: nothing is written until release(). */
+  private holding = false;
   /** Bumped by restartAt: a flush begun before it belongs to a history given up. */
   private generation = 0;
   readonly stats: LogStats = { flushes: 0, records: 0, bytes: 0, failures: 0 };
@@ -109,8 +111,14 @@ export class LogWriter {
    * in the new segment, where recovery would take them for entries of the new history), and a
    * flush in flight reports nothing when it ends (its sequences are the old history's: durableSeq
    * would jump past records of the new one that are not on disk).
+   *
+   * With `hold`, records are kept in memory until `release()`: a full transfer's records must not
+   * reach the disk before its snapshot does (found by an audit: killed in between, a follower
+   * of the same history found a log segment starting past the end of its old log, and refused
+   * to start on the gap).
    */
-  restartAt(seq: number, path: string): void {
+  restartAt(seq: number, path: string, hold = false): void {
+    this.holding = hold;
     this.tailDirty = false; // what a failure left is in the old segment, which goes
     this.queue = [];
     this.queuedBytes = 0;
@@ -126,8 +134,14 @@ export class LogWriter {
    * (with closed-loop clients every writer is already in the batch: waiting would only add
    * latency), or when the batch reaches 1 MiB.
    */
+  /** End restartAt's hold: what is queued is written. */
+  release(): void {
+    this.holding = false;
+    this.kick();
+  }
+
   private kick(): void {
-    if (this.flushing || this.scheduled || this.queue.length === 0 || this.closed) return;
+    if (this.flushing || this.scheduled || this.queue.length === 0 || this.closed || this.holding) return;
     this.scheduled = true;
     let seen = -1;
     const check = () => {
@@ -146,7 +160,7 @@ export class LogWriter {
   }
 
   private async flush(): Promise<void> {
-    if (this.flushing || this.queue.length === 0) return;
+    if (this.flushing || this.queue.length === 0 || this.holding) return;
     this.flushing = true;
     const batch = this.queue;
     const first = this.queueFirstSeq;
@@ -225,6 +239,7 @@ export class LogWriter {
   async close(): Promise<boolean> {
     this.closed = true; // no new flushes scheduled: what is queued is flushed here
     await this.inflight;
+    if (this.holding) this.queue = []; // records of a transfer whose snapshot never made it: not ours to write
     if (this.queue.length > 0) await this.flush();
     if (this.tailDirty) await this.cutBack().catch(() => {});
     await this.fh.close();

@@ -12,12 +12,13 @@ import { createLogger, silentLogger } from "../../src/lib/log.ts";
 import { frameBytesMax, limits } from "../../src/lib/limits.ts";
 import { type Frame, FrameType, encodeFrame } from "../../src/protocol/frame.ts";
 import { type Entry, Store } from "../../src/store/store.ts";
-import { snapName, walName, writeIdentity } from "../../src/wal/files.ts";
+import { snapName, unlockDir, walName, writeIdentity } from "../../src/wal/files.ts";
 import { type FsyncMode, LogWriter } from "../../src/wal/log.ts";
 import { encodeRecord, scanRecords } from "../../src/wal/record.ts";
 import { RecoveryError, recover } from "../../src/wal/recover.ts";
 import { writeSnapshot } from "../../src/wal/snapshot.ts";
 import { prng } from "../support/prng.ts";
+import { happensWithin } from "../support/wait.ts";
 
 const FMAX = frameBytesMax(limits.keyBytesMax, limits.valueBytesMax);
 const H = "bbbb";
@@ -844,6 +845,31 @@ describe("LogWriter", () => {
     await h.w.close();
     expect(h.durable).toEqual([2, 12]);
     expect(scanRecords(readFileSync(next), FMAX).frames.map((f) => f.seq)).toEqual([11, 12]);
+  });
+
+  test("restartAt with hold: a full transfer's records reach the disk only after release (its snapshot first), and a close before drops them", async () => {
+    // Found by an audit: killed before the transfer's snapshot was written, a follower of the
+    // same history found a segment starting past the end of its old log and refused to start.
+    const dir = dataDir();
+    const h = await openWriter(join(dir, walName(H, 1)), "always", 0, 0);
+    for (let i = 1; i <= 3; i++) h.w.append(i, rec(putFrame(i)));
+    await h.until(() => h.durable.includes(3));
+    const next = join(dir, walName(H, 101));
+    h.w.restartAt(100, next, true);
+    for (let i = 101; i <= 103; i++) h.w.append(i, rec(putFrame(i)));
+    expect(await happensWithin(300, () => existsSync(next) || h.durable.length > 1)).toBe(false);
+    // A crash now: the directory holds the old log only, which recovers whole.
+    const crashed = new Store();
+    expect(recover(crashed, recoverOpts(dir)).seq).toBe(3);
+    unlockDir(dir);
+    h.w.release();
+    await h.until(() => h.durable.includes(103));
+    expect(scanRecords(readFileSync(next), FMAX).frames.map((f) => f.seq)).toEqual([101, 102, 103]);
+    // Held again, then closed: the held records are not written.
+    h.w.restartAt(200, join(dir, walName(H, 201)), true);
+    h.w.append(201, rec(putFrame(201)));
+    await h.w.close();
+    expect(existsSync(join(dir, walName(H, 201)))).toBe(false);
   });
 
   test("appends to an existing segment after its valid bytes, and rollTo starts a new segment", async () => {
