@@ -144,35 +144,46 @@ export function createService(d: ServiceDeps): NodeService {
   // A node that just joined has no ring before its first one, but keys are on their way to it all the same.
   const rebalancing = () => now() - (rings.before !== null ? rings.changedAtMs : startedMs) < settleMs || membership.some((m) => m.moving);
   /**
-   * Whether a leader must keep its tombstones: one may be all that keeps a copy still held by
-   * another group from undoing a delete made here. Kept while keys move or the ring just changed,
-   * while a group on the ring has no leader (it may come back and go on moving: found by review),
-   * and for a while after all that (a leader just back announces that it moves only once its own
-   * start-up settle is over). A group without a leader holds them back for a restart's time only
-   * (LEADERLESS_HOLD_MS, or 4 stale times): a group gone for good stays on the ring, and would
-   * keep every tombstone of every other leader forever.
+   * Whether keys may still be on another group's leader, on their way here: keys are moving or
+   * the ring just changed (rebalancing), a group has no leader (it may come back and go on moving:
+   * found by review), or a group's leader changed within two settle periods (one back from a
+   * restart moves again only after its own start-up settle: found by an audit, deletes made then
+   * left no tombstone and the keys came back). A group without a leader counts for a restart's
+   * time only (LEADERLESS_HOLD_MS, or 4 stale times): a group gone for good stays on the ring.
    */
-  let unquietAtMs = startedMs;
-  const leaderlessSince = new Map<number, number>();
+  const groupLeaders = new Map<number, { who: string; since: number }>();
   const heldTooLong = new Set<number>();
   const leaderlessHoldMs = Math.max(LEADERLESS_HOLD_MS, 4 * config.staleMs);
-  const tombstonesNeeded = () => {
+  const keysMayBeElsewhere = (): boolean => {
     const t = now();
-    let waiting = false;
+    let maybe = rebalancing();
     // Known groups, draining ones included (a draining group whose leader restarts stops moving).
     for (const g of membership.knownGroups()) {
-      if (membership.leaderOf(g) !== undefined) {
-        leaderlessSince.delete(g);
+      if (g === config.group) continue;
+      const l = membership.leaderOf(g);
+      const who = l ? `${l.nodeId}/${l.term}` : "";
+      let seen = groupLeaders.get(g);
+      if (seen === undefined || seen.who !== who) {
+        groupLeaders.set(g, (seen = { who, since: t }));
         heldTooLong.delete(g);
-        continue;
       }
-      const since = leaderlessSince.get(g);
-      if (since === undefined) leaderlessSince.set(g, t);
-      if (since === undefined || t - since < leaderlessHoldMs) waiting = true;
+      if (who !== "") {
+        if (t - seen.since < 2 * settleMs) maybe = true;
+      } else if (t - seen.since < leaderlessHoldMs) maybe = true;
       else if (!heldTooLong.has(g) && heldTooLong.add(g))
-        log.warn("a group on the ring has had no leader for a while: tombstones are purged again (if it comes back holding keys that moved, a delete made here meanwhile can be undone)", { group: g, ms: Math.round(t - since) });
+        log.warn("a group on the ring has had no leader for a while: tombstones are purged again (if it comes back holding keys that moved, a delete made here meanwhile can be undone)", { group: g, ms: Math.round(t - seen.since) });
     }
-    if (waiting || rebalancing()) unquietAtMs = t;
+    return maybe;
+  };
+  /**
+   * Whether a leader must keep its tombstones: one may be all that keeps a copy still held by
+   * another group from undoing a delete made here. Kept while keys may be elsewhere, and for two
+   * settle periods after.
+   */
+  let unquietAtMs = startedMs;
+  const tombstonesNeeded = () => {
+    const t = now();
+    if (keysMayBeElsewhere()) unquietAtMs = t;
     return t - unquietAtMs < 2 * settleMs + 1000;
   };
   /** Where a key this group owns was before this group joined: its owner on the ring without us. */
@@ -339,7 +350,7 @@ export function createService(d: ServiceDeps): NodeService {
       const e = store.get(key);
       if (e) return { status: 200, body: { key, value: e.value, version: e.version } };
       // A tombstone here means the key was deleted here: a copy still on its previous owner is older.
-      if (!ctx.noFallback && rebalancing() && store.versionOf(key) === 0) return fallbackRead(key, ctx);
+      if (!ctx.noFallback && store.versionOf(key) === 0 && keysMayBeElsewhere()) return fallbackRead(key, ctx);
       return notFound(key);
     },
     // Not async: an in-memory leader answers a local write at once, without a promise per layer.
@@ -366,7 +377,7 @@ export function createService(d: ServiceDeps): NodeService {
       let { existed, seq, pending } = leader!.delete(key);
       // A delete of it is on its way to the log: answered with that delete, once it is durable.
       let wrote = existed || pending;
-      if (!wrote && rebalancing() && !ctx.noFallback) {
+      if (!wrote && !ctx.noFallback && keysMayBeElsewhere()) {
         // The key may not have moved here yet: a tombstone keeps the move from bringing it back.
         existed = (await fallbackRead(key, ctx)).status === 200;
         seq = leader!.tombstone(key);
