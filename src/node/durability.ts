@@ -8,7 +8,7 @@ import { StorageFullError, UnavailableError } from "../lib/errors.ts";
 import type { Logger } from "../lib/log.ts";
 import type { Frame } from "../protocol/frame.ts";
 import type { Store } from "../store/store.ts";
-import { type Identity, type RingEpochs, dirBytes, listFiles, listTemp, readRings, removeFile, removeRings, unlockDir, walName, writeIdentity, writeRings } from "../wal/files.ts";
+import { type Identity, type RingEpochs, dirBytes, listFiles, readRings, removeFile, removeRings, removeTemp, unlockDir, walName, writeIdentity, writeRings } from "../wal/files.ts";
 import { type FsyncMode, LogWriter } from "../wal/log.ts";
 import { encodeRecord } from "../wal/record.ts";
 import { type Recovered, recover } from "../wal/recover.ts";
@@ -96,6 +96,10 @@ export class Durability {
   /** The rings this node served as a leader of its current history, as saved before it last stopped. */
   loadRings(): RingEpochs["epochs"] {
     const r = readRings(this.o.dir);
+    if (r === "damaged") {
+      this.o.log.warn("rings.json is damaged: entries written before this start will not count against keys moved in", { dir: this.o.dir });
+      return [];
+    }
     return r && r.history_id === this.history ? r.epochs : [];
   }
 
@@ -159,7 +163,7 @@ export class Durability {
       } catch (e) {
         this.snapshotRetryAt = performance.now() + 5_000;
         this.o.log.error("snapshot failed, will retry", { seq, error: (e as NodeJS.ErrnoException).code ?? String(e) });
-        for (const name of listTemp(this.o.dir)) removeFile(this.o.dir, name);
+        removeTemp(this.o.dir);
       } finally {
         this.snapshotting = false;
       }

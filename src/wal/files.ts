@@ -47,6 +47,13 @@ export function listTemp(dir: string): string[] {
   return readdirSync(dir).filter((name) => name.endsWith(".tmp"));
 }
 
+/** Remove the `*.tmp` files (or directories, which kvnode never makes) in `dir`; returns their names. */
+export function removeTemp(dir: string): string[] {
+  const names = listTemp(dir);
+  for (const name of names) rmSync(join(dir, name), { force: true, recursive: true });
+  return names;
+}
+
 export function fsyncDir(dir: string): void {
   const fd = openSync(dir, "r");
   try {
@@ -94,19 +101,21 @@ export interface RingEpochs {
   epochs: { seq: number; groups: number[] }[];
 }
 
-/** rings.json, or undefined when missing or unreadable (then no ring before this start is known). */
-export function readRings(dir: string): RingEpochs | undefined {
+/** rings.json: undefined when missing, "damaged" when unreadable (either way no ring before this start is known). */
+export function readRings(dir: string): RingEpochs | "damaged" | undefined {
   const p = join(dir, "rings.json");
   if (!existsSync(p)) return undefined;
   try {
     const j = JSON.parse(readFileSync(p, "utf8")) as RingEpochs;
     const ok =
+      typeof j === "object" &&
+      j !== null &&
       typeof j.history_id === "string" &&
       Array.isArray(j.epochs) &&
       j.epochs.every((e) => Number.isSafeInteger(e?.seq) && Array.isArray(e.groups) && e.groups.every((g) => Number.isSafeInteger(g) && g >= 0));
-    return ok ? j : undefined;
+    return ok ? j : "damaged";
   } catch {
-    return undefined;
+    return "damaged";
   }
 }
 
@@ -115,7 +124,7 @@ export function writeRings(dir: string, r: RingEpochs): void {
 }
 
 export function removeRings(dir: string): void {
-  rmSync(join(dir, "rings.json"), { force: true });
+  rmSync(join(dir, "rings.json"), { force: true, recursive: true });
 }
 
 /** Take the directory for this process; refuse when another live process holds it. */

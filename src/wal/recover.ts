@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { Logger } from "../lib/log.ts";
 import { type Frame, FrameType } from "../protocol/frame.ts";
 import type { Store } from "../store/store.ts";
-import { type Identity, ensureDir, listFiles, listTemp, lockDir, readIdentity, removeFile, walName, writeIdentity } from "./files.ts";
+import { type Identity, ensureDir, listFiles, lockDir, removeTemp, readIdentity, removeFile, walName, writeIdentity } from "./files.ts";
 import { scanRecords } from "./record.ts";
 import { loadSnapshot } from "./snapshot.ts";
 
@@ -49,11 +49,8 @@ export interface Recovered {
 export function recover(store: Store, o: RecoveryOptions): Recovered {
   ensureDir(o.dir);
   lockDir(o.dir);
-  for (const name of listTemp(o.dir)) {
-    // A snapshot or node.json cut short by a crash: the whole file it was to replace is still here.
-    removeFile(o.dir, name);
-    o.log.info("removed an unfinished file", { file: name });
-  }
+  // A snapshot or node.json cut short by a crash: the whole file it was to replace is still here.
+  for (const name of removeTemp(o.dir)) o.log.info("removed an unfinished file", { file: name });
   let identity = readIdentity(o.dir);
   if (!identity) {
     // node.json is written before any log or snapshot and only ever replaced whole: files

@@ -75,6 +75,8 @@ export async function writeSnapshot(dir: string, meta: SnapshotMeta, entries: Sn
  */
 export function loadSnapshot(path: string, frameBytesMax: number, store: Store): SnapshotMeta & { keys: number } {
   const staged = store.emptyLike();
+  /** Tombstones read, checked at the end: a key listed live in any chunk must not have one. */
+  const tombstones: [string, number][] = [];
   let begin: (Frame & { type: typeof FrameType.SnapshotBegin }) | null = null;
   let end: Frame | null = null;
   let wrong: string | null = null;
@@ -89,7 +91,10 @@ export function loadSnapshot(path: string, frameBytesMax: number, store: Store):
     else if (f.type === FrameType.Delete) {
       // A tombstone: of a key not live in the snapshot, deleted at or before it.
       if (f.seq > begin.seq || staged.versionOf(f.key) !== 0) wrong = `has a tombstone of "${f.key.slice(0, 64)}" at ${f.seq} that does not fit`;
-      else staged.delete(f.key, f.seq);
+      else {
+        staged.delete(f.key, f.seq);
+        tombstones.push([f.key, f.seq]);
+      }
     } else wrong = `holds a frame of type ${f.type}`;
   };
   // Read a few MiB at a time (not the whole file: a million keys are ~110 MB of it), carrying a
@@ -119,6 +124,8 @@ export function loadSnapshot(path: string, frameBytesMax: number, store: Store):
   const b = begin as (Frame & { type: typeof FrameType.SnapshotBegin }) | null;
   const e = end as Frame | null;
   if (!b || !e || e.seq !== b.seq) throw new Error(`snapshot ${path} is incomplete`);
+  for (const [key, version] of tombstones)
+    if (staged.get(key) !== undefined || staged.versionOf(key) !== version) throw new Error(`snapshot ${path} has a tombstone of "${key.slice(0, 64)}" at ${version} that does not fit`);
   // A key listed twice would leave fewer keys than the snapshot says it holds.
   if (staged.size !== b.count) throw new Error(`snapshot ${path} says it holds ${b.count} keys, its entries make ${staged.size}`);
   store.adopt(staged);

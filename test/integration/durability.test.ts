@@ -183,9 +183,12 @@ describe("the log on disk", () => {
     const snapTmp = "snap-00000000000000aa-0000000000000007.snap.tmp";
     writeFileSync(join(dir, snapTmp), "x".repeat(10_000));
     writeFileSync(join(dir, "node.json.tmp"), "{");
+    mkdirSync(join(dir, "rings.json.tmp", "inside"), { recursive: true }); // not kvnode's, but it must not stop a start
+    writeFileSync(join(dir, "rings.json"), "{ not json"); // damaged: said, and set aside
     const again = await c.start({ leader: true, dataDir: dir });
     expect(readdirSync(dir).filter((f) => f.endsWith(".tmp"))).toEqual([]);
     expect(again.log).toContain(snapTmp);
+    expect(again.log).toMatch(/rings\.json is damaged/);
     expect((await again.get("k")).body.value).toBe("v");
   });
 

@@ -486,6 +486,25 @@ describe("recover", () => {
     expect(back.versionOf("never-held")).toBe(4);
   });
 
+  test("a snapshot's tombstone of a key it also lists live, before or after that chunk, or newer than the snapshot, is damage", async () => {
+    const H2 = H;
+    const meta = { group: 0, term: 1, seq: 5, historyId: H2 };
+    const records = (frames: Frame[]) => Buffer.concat(frames.map(rec));
+    const begin: Frame = { type: FrameType.SnapshotBegin, group: 0, term: 1, seq: 5, historyId: H2, count: 1 };
+    const chunk: Frame = { type: FrameType.SnapshotChunk, group: 0, term: 1, seq: 5, entries: [{ key: "k", value: "v", version: 2 }] };
+    const end: Frame = { type: FrameType.SnapshotEnd, group: 0, term: 1, seq: 5 };
+    const del = (key: string, seq: number): Frame => ({ type: FrameType.Delete, group: 0, term: 1, seq, key });
+    for (const [what, frames] of [
+      ["before the chunk", [begin, del("k", 1), chunk, end]],
+      ["after the chunk", [begin, chunk, del("k", 3), end]],
+      ["newer than the snapshot", [begin, chunk, del("x", 6), end]],
+    ] as const) {
+      const dir = dataDir();
+      writeFileSync(join(dir, snapName(H2, meta.seq)), records([...frames]));
+      expect({ what, error: recoveryError(dir).message }).toMatchObject({ what, error: expect.stringContaining("tombstone") });
+    }
+  });
+
   test("a snapshot at K plus one segment from 1 skips the entries the snapshot covers", async () => {
     const K = 5;
     const dir = dataDir();
