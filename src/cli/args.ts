@@ -66,10 +66,16 @@ export function normalizeArgv(raw: readonly string[]): string[] {
     }
     if (!names.has(bare)) throw new UsageError(`unknown flag ${dashes}${name} (see --help)`);
     const def = argsDef[bare as keyof typeof argsDef];
+    // citty takes any -leader=<word> as on: only true and false are values of an on/off flag.
+    if (def.type === "boolean" && rest !== "" && rest !== "=true" && rest !== "=false")
+      throw new UsageError(`invalid value for -${name}: "${rest.slice(1)}" is not true or false`);
     out.push(`--${name}${rest}`);
-    // A flag that takes a value takes the next argument, even one starting with "-" (-group -1).
+    // A flag that takes a value takes the next argument, even one starting with "-" (-group -1),
+    // unless that is one of our flags: then the value was left out.
     if (def.type === "string" && rest === "") {
-      if (i + 1 >= raw.length) throw new UsageError(`flag -${name} needs a value`);
+      const next = raw[i + 1];
+      const flag = next === undefined ? null : /^--?([A-Za-z][\w-]*)(=.*)?$/.exec(next);
+      if (next === undefined || (flag && (names.has(flag[1]!) || builtins.has(flag[1]!)))) throw new UsageError(`flag -${name} needs a value`);
       out.push(raw[++i]!);
     }
   }

@@ -88,6 +88,12 @@ describe("parseConfig", () => {
     expect(parseConfig(["-leader=true"]).leader).toBe(true);
   });
 
+  test("an on/off flag with any other value is refused, naming it (citty would take it as on)", () => {
+    expect(usageError(["-leader=maybe"])).toContain('-leader: "maybe"');
+    expect(usageError(["--in-memory=nope"])).toContain("-in-memory");
+    expect(usageError(["-leader="])).toContain("-leader");
+  });
+
   test("a port that is not an integer is refused, naming -port", () => {
     for (const v of ["abc", "80a", "8.5", "", " ", "0x10", "1e3"]) expect(usageError(["-port", v])).toContain("-port");
     expect(usageError(["-port", "abc"])).toContain('"abc"');
@@ -132,6 +138,9 @@ describe("parseConfig", () => {
   test("a value flag at the end of the line without its value is refused, naming it", () => {
     expect(usageError(["-port"])).toContain("-port");
     expect(usageError(["-leader", "-cluster"])).toContain("-cluster");
+    // Followed by another of its flags: the value was left out (not "-discovery-port" as a port).
+    expect(usageError(["-port", "-discovery-port", "31901"])).toBe("flag -port needs a value");
+    expect(usageError(["-data-dir", "--in-memory"])).toBe("flag -data-dir needs a value");
   });
 
   test("a value flag takes the next argument even when it starts with a dash", () => {
