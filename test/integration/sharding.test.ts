@@ -41,6 +41,20 @@ interface Groups {
 
 /** Start a leader (and `followers` followers) for each group, and wait until everyone sees everyone. */
 /** The group that served an answer: named in a forwarded answer, else the node asked. */
+/** The ring of groups 0 and 1 as nodes build it (Bun's native murmur3). */
+const RING_01 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
+
+/** Write each key with `value(key)` through `node`, 16 or 32 at a time; every write must succeed. */
+async function fill(node: NodeProc, keys: readonly string[], value: (k: string) => string, concurrency = 16): Promise<void> {
+  await pool(keys, concurrency, async (k) => void expect((await node.set(k, value(k))).status).toBe(200));
+}
+
+/** Wait until no node announces moving and `a` holds exactly `keysOnA` keys. */
+async function movesOver(nodes: NodeProc[], a: NodeProc, keysOnA: number, timeoutMs: number): Promise<void> {
+  const moving = async () => (await Promise.all(nodes.map((n) => n.cluster()))).some((cl: any) => cl.groups.some((g: any) => g.moving));
+  await waitFor("the moves to end", async () => !(await moving()) && (await a.health()).keys === keysOnA, timeoutMs, 50);
+}
+
 const servedBy = (asked: NodeProc, r: { headers: Headers }) => r.headers.get("x-kvnode-group") ?? String(asked.group);
 
 async function startGroups(c: TestCluster, groups: number[], o: { followers: number; inMemory?: boolean }): Promise<Groups> {
@@ -493,11 +507,10 @@ describe("rebalancing", () => {
     const keys = Array.from({ length: 800 }, (_, i) => `s${i}`);
     // Control characters: 6 JSON bytes each, the worst case for the batch body.
     const value = (k: string) => `${k}:${"\u0001".repeat(1000 - k.length - 1)}`;
-    await pool(keys, 16, async (k) => void expect((await a.set(k, value(k))).status).toBe(200));
+    await fill(a, keys, value);
     const b = await c.start({ leader: true, group: 1, inMemory: true, extra });
     await c.awaitMembership([a, b], 2);
-    const ring2 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
-    const toB = keys.filter((k) => ring2.ownerOf(k) === 1).length;
+    const toB = keys.filter((k) => RING_01.ownerOf(k) === 1).length;
     await waitFor(`group 1 to take its ${toB} keys`, async () => (await b.health()).keys === toB && (await a.health()).keys === keys.length - toB, 30_000, 50);
     expect((await a.cluster()).rebalance.last_error).toBeNull();
     expect((await b.request("/admin/drain", { method: "POST" })).status).toBe(200);
@@ -513,16 +526,13 @@ describe("rebalancing", () => {
     const extra = ["-history-entries", "200"];
     const a = await c.start({ leader: true, group: 0, inMemory: true, extra });
     const keys = Array.from({ length: 16_000 }, (_, i) => `t${i}`);
-    await pool(keys, 16, async (k) => void expect((await a.set(k, `v:${k};${"x".repeat(1000)}`)).status).toBe(200));
+    await fill(a, keys, (k) => `v:${k};${"x".repeat(1000)}`);
     // The keys group 1 will own that group 0 sends last (it sends in the order they were written).
-    const ring2 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
-    const victims = keys.filter((k) => ring2.ownerOf(k) === 1).slice(-100);
+    const victims = keys.filter((k) => RING_01.ownerOf(k) === 1).slice(-100);
     const b = await c.start({ leader: true, group: 1, inMemory: true, extra });
     await c.awaitMembership([a, b], 2);
     for (const k of victims) expect((await b.del(k)).status).toBe(200);
-    const moving = async () => [...((await a.cluster()).groups as any[]), ...((await b.cluster()).groups as any[])].some((g) => g.moving);
-    const stayOnA = keys.filter((k) => ring2.ownerOf(k) === 0).length;
-    await waitFor("the moves to end", async () => !(await moving()) && (await a.health()).keys === stayOnA, 40_000, 50);
+    await movesOver([a, b], a, keys.filter((k) => RING_01.ownerOf(k) === 0).length, 40_000);
     // Once nothing moves, group 1 may purge them: the copies are gone from group 0 by then.
     await waitFor("group 1 to purge its tombstones", async () => (await b.cluster()).memory.tombstones < victims.length, 15_000, 50);
     const back: string[] = [];
@@ -539,9 +549,8 @@ describe("rebalancing", () => {
     const aFlags = ["-fsync", "never"];
     let a = await c.start({ leader: true, group: 0, dataDir: adir, extra: aFlags });
     const keys = Array.from({ length: 30_000 }, (_, i) => `o${i}`);
-    await pool(keys, 32, async (k) => void expect((await a.set(k, `v:${k};${"x".repeat(1000)}`)).status).toBe(200));
-    const ring2 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
-    const victims = keys.filter((k) => ring2.ownerOf(k) === 1).slice(-100); // sent last
+    await fill(a, keys, (k) => `v:${k};${"x".repeat(1000)}`, 32);
+    const victims = keys.filter((k) => RING_01.ownerOf(k) === 1).slice(-100); // sent last
     const b = await c.start({ leader: true, group: 1, inMemory: true, extra: ["-history-entries", "200"] });
     await c.awaitMembership([a, b], 2);
     for (const k of victims) expect((await b.del(k)).status).toBe(200);
@@ -551,9 +560,8 @@ describe("rebalancing", () => {
     // While the old owner is away, the new owner (which purges every second) must keep them.
     expect(await happensWithin(3000, async () => (await b.cluster()).memory.tombstones < victims.length)).toBe(false);
     a = await c.start({ leader: true, group: 0, dataDir: adir, extra: aFlags });
-    const stayOnA = keys.filter((k) => ring2.ownerOf(k) === 0).length;
-    const moving = async () => [...((await a.cluster()).groups as any[]), ...((await b.cluster()).groups as any[])].some((g) => g.moving);
-    await waitFor("the moves to end", async () => !(await moving()) && (await a.health()).keys === stayOnA, 60_000, 100);
+    const stayOnA = keys.filter((k) => RING_01.ownerOf(k) === 0).length;
+    await movesOver([a, b], a, stayOnA, 60_000);
     const back: string[] = [];
     for (const k of victims) if ((await b.get(k)).status !== 404) back.push(k);
     expect(back).toEqual([]);
@@ -568,18 +576,16 @@ describe("rebalancing", () => {
     const aFlags = ["-fsync", "never"];
     let a = await c.start({ leader: true, group: 0, dataDir: adir, extra: aFlags });
     const keys = Array.from({ length: 10_000 }, (_, i) => `g${i}`);
-    await pool(keys, 32, async (k) => void expect((await a.set(k, `old:${k};${"x".repeat(1000)}`)).status).toBe(200));
+    await fill(a, keys, (k) => `old:${k};${"x".repeat(1000)}`, 32);
     const b = await c.start({ leader: true, group: 1, inMemory: true });
     await waitFor("the move to begin", async () => (await b.health()).keys > 0, 20_000, 5);
     await a.kill9();
     await waitFor("group 1 to see group 0 without a leader", async () => ((await b.cluster()).groups as any[]).some((g) => g.group_id === 0 && g.leader === null), 10_000, 50);
-    const ring2 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
-    const toB = keys.filter((k) => ring2.ownerOf(k) === 1);
+    const toB = keys.filter((k) => RING_01.ownerOf(k) === 1);
     await pool(toB, 16, async (k) => void expect((await b.del(k)).status).toBe(200));
     a = await c.start({ leader: true, group: 0, dataDir: adir, extra: aFlags });
     const stayOnA = keys.length - toB.length;
-    const moving = async () => [...((await a.cluster()).groups as any[]), ...((await b.cluster()).groups as any[])].some((g) => g.moving);
-    await waitFor("the move to end", async () => !(await moving()) && (await a.health()).keys === stayOnA, 40_000, 100);
+    await movesOver([a, b], a, stayOnA, 40_000);
     const back: string[] = [];
     for (const k of toB) if ((await b.get(k)).status !== 404) back.push(k);
     expect(back.length).toBe(0);
@@ -603,8 +609,7 @@ describe("rebalancing", () => {
     a = await c.start({ leader: true, group: 0, dataDir: adir });
     b = await c.start({ leader: true, group: 1, dataDir: bdir });
     await c.awaitMembership([a, b], 2);
-    const ring = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
-    const onA = keys.filter((k) => ring.ownerOf(k) === 0);
+    const onA = keys.filter((k) => RING_01.ownerOf(k) === 0);
     await waitFor("group 1 to hand group 0's keys over", async () => (await b.health()).keys === keys.length - onA.length, 30_000, 100);
     const lost: string[] = [];
     for (const k of onA) {
@@ -622,9 +627,8 @@ describe("rebalancing", () => {
       await using c = await TestCluster.create();
       const a = await c.start({ leader: true, group: 0, inMemory: true });
       const keys = Array.from({ length: 16_000 }, (_, i) => `r${i}`);
-      await pool(keys, 16, async (k) => void expect((await a.set(k, `old:${k};${"x".repeat(1000)}`)).status).toBe(200));
-      const ring2 = new HashRing([0, 1], undefined, (s) => Bun.hash.murmur32v3(s));
-      const victims = keys.filter((k) => ring2.ownerOf(k) === 1).slice(-100); // sent last
+      await fill(a, keys, (k) => `old:${k};${"x".repeat(1000)}`);
+      const victims = keys.filter((k) => RING_01.ownerOf(k) === 1).slice(-100); // sent last
       const dir = c.newDataDir();
       // With snapshots, the deletes' tombstones are on disk only in a snapshot (found by review: they were not).
       const extra = how.includes("snapshot") ? ["-snapshot-bytes", "4096"] : [];
@@ -641,9 +645,8 @@ describe("rebalancing", () => {
       else await b.kill9();
       b = await c.start({ leader: true, group: 1, dataDir: dir, extra });
       const nodes = [a, b];
-      const stayOnA = keys.filter((k) => ring2.ownerOf(k) === 0).length;
-      const moving = async () => (await Promise.all(nodes.map((n) => n.cluster()))).some((cl: any) => cl.groups.some((g: any) => g.moving));
-      await waitFor("the moves to end", async () => !(await moving()) && (await a.health()).keys === stayOnA, 50_000, 50);
+      const stayOnA = keys.filter((k) => RING_01.ownerOf(k) === 0).length;
+      await movesOver(nodes, a, stayOnA, 50_000);
       const wrong: string[] = [];
       for (const [k, v] of want) {
         const r = await a.get(k);
