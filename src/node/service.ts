@@ -154,8 +154,20 @@ export function createService(d: ServiceDeps): NodeService {
   const groupLeaders = new Map<number, { who: string; since: number }>();
   const heldTooLong = new Set<number>();
   const leaderlessHoldMs = Math.max(LEADERLESS_HOLD_MS, 4 * config.staleMs);
+  // Asked on every read that misses: the answer is kept for 10 ms (it walks the groups), unless
+  // the ring changed meanwhile (a delete routed here by a ring just changed must see it).
+  let elsewhereAtMs = -Infinity;
+  let elsewhereRing = -1;
+  let elsewhere = true;
   const keysMayBeElsewhere = (): boolean => {
     const t = now();
+    if (t - elsewhereAtMs < 10 && elsewhereRing === membership.ringVersion) return elsewhere;
+    currentRing(); // the ring in use, so that a change just heard counts (rings.changedAtMs)
+    elsewhereAtMs = t;
+    elsewhereRing = membership.ringVersion;
+    return (elsewhere = lookElsewhere(t));
+  };
+  const lookElsewhere = (t: number): boolean => {
     let maybe = rebalancing();
     // Known groups, draining ones included (a draining group whose leader restarts stops moving).
     for (const g of membership.knownGroups()) {
