@@ -58,6 +58,8 @@ export class Durability {
    * follower acknowledges nothing.
    */
   adopting = 0;
+  /** Adoptions started; only the last one's completion ends `adopting` and the writer's hold. */
+  private adoptions = 0;
   private lastSnapshotSeq: number;
   /** Current history and the sequence its current segment starts after. */
   private history: string;
@@ -190,11 +192,13 @@ export class Durability {
    */
   adoptHistory(historyId: string, seq: number, term: number, store: Store, kind: "snapshot" | "adopted", onDone?: () => void): void {
     this.history = historyId;
-    this.adopting++;
+    const id = ++this.adoptions;
+    this.adopting = 1;
     // Nothing after `seq` of the new history is on disk yet (what the old one had says nothing);
     // a transfer's `seq` itself is, once its snapshot is written (acknowledged only after that).
-    // A transfer's records wait in memory until its snapshot and node.json are on disk.
-    this.writer.restartAt(kind === "snapshot" ? seq : Math.min(this.writer.durableSeq, seq), join(this.o.dir, walName(historyId, seq + 1)), kind === "snapshot");
+    // The new history's records wait in memory until its snapshot and node.json are on disk (and
+    // the old history's files are gone: an earlier adoption's cleanup would delete them otherwise).
+    this.writer.restartAt(kind === "snapshot" ? seq : Math.min(this.writer.durableSeq, seq), join(this.o.dir, walName(historyId, seq + 1)), true);
     const entries = kind === "snapshot" ? store.snapshot(true) : null;
     this.chain = this.chain.then(async () => {
       try {
@@ -206,11 +210,16 @@ export class Durability {
         this.saveIdentity({ history_id: historyId });
         for (const f of listFiles(this.o.dir)) if (f.history !== historyId) removeFile(this.o.dir, f.name);
         this.olderWalBytes = 0;
-        this.adopting--;
-        if (this.adopting === 0) this.writer.release();
+        // A later adoption is under way: its own completion ends the hold.
+        if (id !== this.adoptions) return;
+        this.adopting = 0;
+        this.writer.release();
         onDone?.();
       } catch (e) {
-        // Still adopting: this node acknowledges nothing more until it restarts (its disk holds the old history).
+        // Still adopting: this node acknowledges nothing more until it restarts (its disk holds the
+        // old history) or a later transfer is made durable; what the hold would keep is dropped.
+        removeTemp(this.o.dir);
+        if (id === this.adoptions) this.writer.discardHeld();
         this.o.log.error("could not persist the new history: acknowledging nothing until restarted", { history_id: historyId, error: (e as NodeJS.ErrnoException).code ?? String(e) });
       }
     });

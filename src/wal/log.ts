@@ -69,6 +69,8 @@ export class LogWriter {
   durableSeq: number;
   /** restartAt's hold: nothing is written until release(). */
   private holding = false;
+  /** discardHeld(): records are dropped, not queued, until the next restartAt. */
+  private discarding = false;
   /** Bumped by restartAt: a flush begun before it belongs to a history given up. */
   private generation = 0;
   readonly stats: LogStats = { flushes: 0, records: 0, bytes: 0, failures: 0 };
@@ -89,6 +91,7 @@ export class LogWriter {
 
   /** Queue one record (already encoded) for `seq`; sequences must come in order. */
   append(seq: number, record: Uint8Array): void {
+    if (this.discarding) return;
     if (this.queue.length === 0) {
       this.queueFirstSeq = seq;
       this.queuedSinceMs = performance.now();
@@ -119,6 +122,7 @@ export class LogWriter {
    */
   restartAt(seq: number, path: string, hold = false): void {
     this.holding = hold;
+    this.discarding = false;
     this.tailDirty = false; // what a failure left is in the old segment, which goes
     this.queue = [];
     this.queuedBytes = 0;
@@ -138,6 +142,17 @@ export class LogWriter {
   release(): void {
     this.holding = false;
     this.kick();
+  }
+
+  /**
+   * The hold will not end (the transfer could not be made durable): drop what it holds, and every
+   * record appended until the next restartAt, so that memory stays bounded (found by review).
+   */
+  discardHeld(): void {
+    if (!this.holding) return;
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.discarding = true;
   }
 
   private kick(): void {
