@@ -66,7 +66,9 @@ export function normalizeArgv(raw: readonly string[]): string[] {
     }
     if (!names.has(bare)) throw new UsageError(`unknown flag ${dashes}${name} (see --help)`);
     const def = argsDef[bare as keyof typeof argsDef];
-    // citty takes any -leader=<word> as on: only true and false are values of an on/off flag.
+    // citty takes any -leader=<word> as on, and ignores a value after -no-leader: only true and
+    // false are values of an on/off flag, and its -no- form takes none.
+    if (bare !== name && rest !== "") throw new UsageError(`flag ${dashes}${name} takes no value`);
     if (def.type === "boolean" && rest !== "" && rest !== "=true" && rest !== "=false")
       throw new UsageError(`invalid value for -${name}: "${rest.slice(1)}" is not true or false`);
     out.push(`--${name}${rest}`);
@@ -75,7 +77,8 @@ export function normalizeArgv(raw: readonly string[]): string[] {
     if (def.type === "string" && rest === "") {
       const next = raw[i + 1];
       const flag = next === undefined ? null : /^--?([A-Za-z][\w-]*)(=.*)?$/.exec(next);
-      if (next === undefined || (flag && (names.has(flag[1]!) || builtins.has(flag[1]!)))) throw new UsageError(`flag -${name} needs a value`);
+      const ours = (f: string) => names.has(f) || builtins.has(f) || (f.startsWith("no-") && names.has(f.slice(3)));
+      if (next === undefined || (flag && ours(flag[1]!))) throw new UsageError(`flag -${name} needs a value`);
       out.push(raw[++i]!);
     }
   }

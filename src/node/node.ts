@@ -448,8 +448,10 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         const t = performance.now();
         heads.push({ at: t, seq: leader.head });
         while (heads.length > 1 && t - heads[1]!.at >= TOMBSTONE_HOLD_MAX_MS) heads.shift();
-        if (!tombstonesNeeded()) leader.purgeTombstones();
-        else if (t - heads[0]!.at >= TOMBSTONE_HOLD_MAX_MS && leader.purgeTombstones(heads[0]!.seq) > 0 && !heldTooLong) {
+        if (!tombstonesNeeded()) {
+          leader.purgeTombstones();
+          heldTooLong = false; // warned again the next time
+        } else if (t - heads[0]!.at >= TOMBSTONE_HOLD_MAX_MS && leader.purgeTombstones(heads[0]!.seq) > 0 && !heldTooLong) {
           heldTooLong = true;
           log.warn("keys have been moving (or a group has had no leader) for a long time: tombstones older than the hold are purged again; a copy still to move in can undo a delete that old", { hold_ms: TOMBSTONE_HOLD_MAX_MS });
         }

@@ -73,15 +73,20 @@ export function createService(d: ServiceDeps): NodeService {
    * them (`restored`): without them, a restart in the middle of a move let the old owner's copies
    * overwrite every write and delete made on this group before the restart.
    */
-  const ringEpochs: { seq: number; ring: HashRing; restored: boolean }[] = (leader && durability ? durability.loadRings() : []).map((e) => ({
+  const ringEpochs: { seq: number; ring: HashRing; known: readonly number[]; restored: boolean }[] = (leader && durability ? durability.loadRings() : []).map((e) => ({
     seq: e.seq,
     ring: new HashRing(e.groups, undefined, nativeHash),
+    known: e.known ?? e.groups,
     restored: true,
   }));
   // A follower keeps no rings: the ones it saved when it last led say nothing of the rings since.
   if (!leader) durability?.forgetRings();
-  /** Groups on the last ring this leader served before it started, if it saved its rings. */
-  const lastRingBefore = ringEpochs.length > 0 ? new Set(ringEpochs.at(-1)!.ring.groups) : null;
+  /**
+   * Groups known when the last ring this leader served before it started began, draining ones
+   * included (found by review: a group still draining, not on that ring, counted as new), if it
+   * saved its rings.
+   */
+  const lastRingBefore = ringEpochs.length > 0 ? new Set(ringEpochs.at(-1)!.known) : null;
   /**
    * Whether the ring may have changed while this node was down: a group has been known since it
    * started that was not on the last ring it served before. (A group that joined meanwhile may
@@ -107,9 +112,9 @@ export function createService(d: ServiceDeps): NodeService {
     if (r !== lastRing && isSettled) {
       lastRing = r;
       if (leader) {
-        ringEpochs.push({ seq: leader.head, ring: r, restored: false });
+        ringEpochs.push({ seq: leader.head, ring: r, known: membership.knownGroups(), restored: false });
         if (ringEpochs.length > RING_EPOCHS_KEPT) ringEpochs.shift();
-        durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups] })));
+        durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups], known: [...e.known] })));
       }
     }
     return r;

@@ -98,7 +98,8 @@ export function writeIdentity(dir: string, id: Identity): void {
 /** The rings a leader served under, each with the last sequence applied before it, in one history. */
 export interface RingEpochs {
   history_id: string;
-  epochs: { seq: number; groups: number[] }[];
+  /** `known`: every group known when the ring began, draining ones (not on the ring) included. */
+  epochs: { seq: number; groups: number[]; known?: number[] }[];
 }
 
 /** rings.json: undefined when missing, "damaged" when unreadable (either way no ring before this start is known). */
@@ -112,7 +113,13 @@ export function readRings(dir: string): RingEpochs | "damaged" | undefined {
       j !== null &&
       typeof j.history_id === "string" &&
       Array.isArray(j.epochs) &&
-      j.epochs.every((e) => Number.isSafeInteger(e?.seq) && Array.isArray(e.groups) && e.groups.every((g) => Number.isSafeInteger(g) && g >= 0));
+      j.epochs.every(
+        (e) =>
+          Number.isSafeInteger(e?.seq) &&
+          Array.isArray(e.groups) &&
+          e.groups.every((g) => Number.isSafeInteger(g) && g >= 0) &&
+          (e.known === undefined || (Array.isArray(e.known) && e.known.every((g) => Number.isSafeInteger(g) && g >= 0))),
+      );
     return ok ? j : "damaged";
   } catch {
     return "damaged";

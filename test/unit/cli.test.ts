@@ -92,6 +92,7 @@ describe("parseConfig", () => {
     expect(usageError(["-leader=maybe"])).toContain('-leader: "maybe"');
     expect(usageError(["--in-memory=nope"])).toContain("-in-memory");
     expect(usageError(["-leader="])).toContain("-leader");
+    expect(usageError(["-no-leader=false"])).toBe("flag -no-leader takes no value");
   });
 
   test("a port that is not an integer is refused, naming -port", () => {
@@ -141,6 +142,7 @@ describe("parseConfig", () => {
     // Followed by another of its flags: the value was left out (not "-discovery-port" as a port).
     expect(usageError(["-port", "-discovery-port", "31901"])).toBe("flag -port needs a value");
     expect(usageError(["-data-dir", "--in-memory"])).toBe("flag -data-dir needs a value");
+    expect(usageError(["-log-level", "-no-leader"])).toBe("flag -log-level needs a value");
   });
 
   test("a value flag takes the next argument even when it starts with a dash", () => {
