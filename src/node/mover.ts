@@ -86,6 +86,16 @@ export class Mover {
     }
   }
 
+  /**
+   * Say "moving" from the start, until a first pass has looked at every key: a leader back from a
+   * restart may hold keys another group owns now, and until it finds them the owners must take it
+   * that keys may still come (found by review: with a large store and a few such keys, a delete
+   * made there before the scan reached them left no tombstone).
+   */
+  start(): void {
+    this.setMoving(true);
+  }
+
   private setMoving(on: boolean): void {
     if (this.moving === on) return;
     this.moving = on;

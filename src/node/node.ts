@@ -429,6 +429,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   claimed = true;
   if (leader && durability) durability.saveIdentity({ term });
   settle();
+  mover?.start();
 
   /** The leader's head each second over the last TOMBSTONE_HOLD_MAX_MS (the first is at least that old, once there is one). */
   const heads: { at: number; seq: number }[] = [];
