@@ -68,6 +68,7 @@ export function normalizeArgv(raw: readonly string[]): string[] {
     const def = argsDef[bare as keyof typeof argsDef];
     // citty takes any -leader=<word> as on, and ignores a value after -no-leader: only true and
     // false are values of an on/off flag, and its -no- form takes none.
+    if (bare !== name && def.type === "string") throw new UsageError(`unknown flag ${dashes}${name}: -${bare} takes a value, it has no -no- form (see --help)`);
     if (bare !== name && rest !== "") throw new UsageError(`flag ${dashes}${name} takes no value`);
     if (def.type === "boolean" && rest !== "" && rest !== "=true" && rest !== "=false")
       throw new UsageError(`invalid value for -${name}: "${rest.slice(1)}" is not true or false`);

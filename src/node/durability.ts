@@ -190,7 +190,7 @@ export class Durability {
    * directory's history. Order: snapshot of the new state, then node.json, then the old files go.
    * A crash in between recovers the old history whole, and the leader sends the transfer again.
    */
-  adoptHistory(historyId: string, seq: number, term: number, store: Store, kind: "snapshot" | "adopted", onDone?: () => void): void {
+  adoptHistory(historyId: string, seq: number, term: number, store: Store, kind: "snapshot" | "adopted", onDone?: () => void, onFailed?: () => void): void {
     this.history = historyId;
     const id = ++this.adoptions;
     this.adopting = 1;
@@ -220,7 +220,8 @@ export class Durability {
         // old history) or a later transfer is made durable; what the hold would keep is dropped.
         removeTemp(this.o.dir);
         if (id === this.adoptions) this.writer.discardHeld();
-        this.o.log.error("could not persist the new history: acknowledging nothing until restarted", { history_id: historyId, error: (e as NodeJS.ErrnoException).code ?? String(e) });
+        this.o.log.error("could not persist the new history: acknowledging nothing until a new transfer is made durable", { history_id: historyId, error: (e as NodeJS.ErrnoException).code ?? String(e) });
+        if (id === this.adoptions) onFailed?.();
       }
     });
   }

@@ -26,6 +26,8 @@ const MOVER_TICK_MS = 50;
 /** The longest a leader holds its tombstones back while keys may still move in (see the purge timer). */
 const TOMBSTONE_HOLD_MAX_MS = 15 * 60_000;
 const START_SETTLE_MS = 150;
+/** A follower that could not persist a full transfer asks for another after this long. */
+const ADOPTION_RETRY_MS = 5_000;
 
 export interface RunningNode {
   readonly nodeId: string;
@@ -114,7 +116,18 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         durability
           ? {
               onEntry: (seq, frame) => durability.append(seq, frame),
-              onHistory: (h, seq, t, kind) => durability.adoptHistory(h, seq, t, store, kind, () => linkOut && sendAck(linkOut, durability.durableSeq)),
+              onHistory: (h, seq, t, kind) =>
+                durability.adoptHistory(
+                  h, seq, t, store, kind,
+                  () => linkOut && sendAck(linkOut, durability.durableSeq),
+                  // Not on disk: ask again, with a full transfer, after a pause (found by review:
+                  // a reconnect alone resumed the same history by tail, and nothing was ever persisted).
+                  () => void setTimeout(() => {
+                    if (durability.adopting === 0) return; // a later transfer made it meanwhile
+                    follower!.forgetHistory();
+                    link?.close();
+                  }, ADOPTION_RETRY_MS).unref(),
+                ),
             }
           : {},
         rec ? { historyId, seq: rec.seq, term: rec.term } : undefined,

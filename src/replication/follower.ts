@@ -76,6 +76,11 @@ export class Follower {
     return encodeFrame({ type: FrameType.Ack, group: this.group, term: this.term, seq: Math.min(seq, this.applied) });
   }
 
+  /** Forget which history this copy is of: the next link then starts with a full transfer. */
+  forgetHistory(): void {
+    this.historyId = "";
+  }
+
   /** Forget entries after `seq` as applied (its log lost them): the leader will send them again. */
   rewind(seq: number, term: number): void {
     if (seq < this.applied) {

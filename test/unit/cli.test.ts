@@ -93,6 +93,9 @@ describe("parseConfig", () => {
     expect(usageError(["--in-memory=nope"])).toContain("-in-memory");
     expect(usageError(["-leader="])).toContain("-leader");
     expect(usageError(["-no-leader=false"])).toBe("flag -no-leader takes no value");
+    // A flag that takes a value has no -no- form (citty would set it to false and drop the next argument).
+    expect(usageError(["-no-data-dir", "x"])).toContain("-data-dir takes a value");
+    expect(usageError(["-no-cluster", "x"])).toContain("unknown flag -no-cluster");
   });
 
   test("a port that is not an integer is refused, naming -port", () => {

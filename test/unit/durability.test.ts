@@ -36,9 +36,10 @@ test("a transfer that cannot be made durable keeps no records in memory, and a l
   const { dir, store, d } = await open();
   mkdirSync(join(dir, `${snapName("bb01", 10)}.tmp`)); // its snapshot cannot be written (EISDIR)
   store.set("x", "1", 10);
-  d.adoptHistory("bb01", 10, 1, store, "snapshot");
+  let failed = 0;
+  d.adoptHistory("bb01", 10, 1, store, "snapshot", undefined, () => void failed++);
   for (let s = 11; s <= 2000; s++) d.append(s, put(s));
-  await waitFor("the failed transfer's records to be dropped", () => d.writer.queued === 0);
+  await waitFor("the failed transfer's records to be dropped", () => d.writer.queued === 0 && failed === 1);
   for (let s = 2001; s <= 2100; s++) d.append(s, put(s));
   expect({ queued: d.writer.queued, adopting: d.adopting }).toEqual({ queued: 0, adopting: 1 });
   let done = false;

@@ -912,6 +912,22 @@ describe("replication between a leader and a follower", () => {
     expect(welcomeFrame).toMatchObject({ type: FrameType.Welcome, mode: WelcomeMode.Tail, seq: sim.leader.head });
   });
 
+  test("a follower that forgot its history (its transfer could not be persisted) gets a full transfer on its next link", () => {
+    const sim = new Sim();
+    writeMany(sim, 50);
+    sim.connect();
+    sim.settle();
+    expectInSync(sim);
+    sim.disconnect();
+    sim.follower.forgetHistory();
+    writeMany(sim, 5);
+    sim.connect();
+    sim.settle();
+    expectInSync(sim);
+    expect(sim.follower.stats.fullTransfers).toBe(1);
+    expect(sim.conn!.framesToFollower[0]).toMatchObject({ type: FrameType.Welcome, mode: WelcomeMode.Snapshot });
+  });
+
   test("a follower connected before any write streams every later write", () => {
     const sim = new Sim();
     sim.connect();
