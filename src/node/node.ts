@@ -23,8 +23,6 @@ import { createViews } from "./views.ts";
 
 const PING_INTERVAL_MS = 1000;
 const MOVER_TICK_MS = 50;
-/** The longest a leader holds its tombstones back while keys may still move in (see the purge timer). */
-const TOMBSTONE_HOLD_MAX_MS = 15 * 60_000;
 const START_SETTLE_MS = 150;
 /** A follower that could not persist a full transfer asks for another after this long. */
 const ADOPTION_RETRY_MS = 5_000;
@@ -328,8 +326,8 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   // --- the service behind the API (src/node/service.ts)
   // Forwarded requests go out on request links (src/routing/link.ts): their answers can be the
   // JSON of a whole value, each byte escaped as up to 6.
-  const links = new RequestLinks(6 * (config.keyBytesMax + config.valueBytesMax) + 64 * 1024, log);
-  const { service, mover, currentRing, settle, tombstonesNeeded } = createService({
+  const links = new RequestLinks(requestBodyBytesMax(config.keyBytesMax, config.valueBytesMax), log);
+  const { service, mover, currentRing, settle, purgeTombstones } = createService({
     links,
     config,
     nodeId,
@@ -444,33 +442,12 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   settle();
   mover?.start();
 
-  /** The leader's head each second over the last TOMBSTONE_HOLD_MAX_MS (the first is at least that old, once there is one). */
-  const heads: { at: number; seq: number }[] = [];
-  let heldTooLong = false;
   const timers = [
     setInterval(() => void mover?.tick(), MOVER_TICK_MS),
     setInterval(() => {
       leader?.ping();
     }, PING_INTERVAL_MS),
-    setInterval(() => {
-      // While keys may still be moving in, a tombstone is what keeps a moved-in copy from
-      // undoing a delete made here: keep them all until the moves are over (found by an audit:
-      // a move larger than the history outlived the tombstones of its first deletes), but not
-      // for more than TOMBSTONE_HOLD_MAX_MS: a move stuck for good (its owner gone) would keep
-      // them forever (found by review).
-      if (leader) {
-        const t = performance.now();
-        heads.push({ at: t, seq: leader.head });
-        while (heads.length > 1 && t - heads[1]!.at >= TOMBSTONE_HOLD_MAX_MS) heads.shift();
-        if (!tombstonesNeeded()) {
-          leader.purgeTombstones();
-          heldTooLong = false; // warned again the next time
-        } else if (t - heads[0]!.at >= TOMBSTONE_HOLD_MAX_MS && leader.purgeTombstones(heads[0]!.seq) > 0 && !heldTooLong) {
-          heldTooLong = true;
-          log.warn("keys have been moving (or a group has had no leader) for a long time: tombstones older than the hold are purged again; a copy still to move in can undo a delete that old", { hold_ms: TOMBSTONE_HOLD_MAX_MS });
-        }
-      } else follower!.purgeTombstones(config.historyEntries);
-    }, 1000),
+    setInterval(purgeTombstones, 1000),
   ];
   reconcile();
 

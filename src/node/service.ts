@@ -48,12 +48,14 @@ export interface NodeService {
   currentRing: () => HashRing;
   /** Let requests through: the node has heard its peers (start-up settle). */
   settle: () => void;
-  /** A leader must keep its tombstones now: keys may still be moving in (see the definition). */
-  tombstonesNeeded: () => boolean;
+  /** Drop the tombstones no longer needed (run every second). */
+  purgeTombstones: () => void;
 }
 
-/** How long a ring group without a leader holds back tombstone purging, at least (see tombstonesNeeded). */
+/** How long a ring group without a leader holds back tombstone purging, at least (see purgeTombstones). */
 const LEADERLESS_HOLD_MS = 120_000;
+/** The longest a leader holds its tombstones back while keys may still move in (see purgeTombstones). */
+const TOMBSTONE_HOLD_MAX_MS = 15 * 60_000;
 
 /** Rings remembered for ownedSince; an entry older than all of them does not count. */
 const RING_EPOCHS_KEPT = 256;
@@ -157,7 +159,7 @@ export function createService(d: ServiceDeps): NodeService {
    * time only (LEADERLESS_HOLD_MS, or 4 stale times): a group gone for good stays on the ring.
    */
   const groupLeaders = new Map<number, { who: string; since: number }>();
-  const heldTooLong = new Set<number>();
+  const leaderlessWarned = new Set<number>();
   const leaderlessHoldMs = Math.max(LEADERLESS_HOLD_MS, 4 * config.staleMs);
   // Asked on every read that misses: the answer is kept for 10 ms (it walks the groups), unless
   // the ring changed meanwhile (a delete routed here by a ring just changed must see it).
@@ -182,26 +184,41 @@ export function createService(d: ServiceDeps): NodeService {
       let seen = groupLeaders.get(g);
       if (seen === undefined || seen.who !== who) {
         groupLeaders.set(g, (seen = { who, since: t }));
-        heldTooLong.delete(g);
+        leaderlessWarned.delete(g);
       }
       if (who !== "") {
         if (t - seen.since < 2 * settleMs) maybe = true;
       } else if (t - seen.since < leaderlessHoldMs) maybe = true;
-      else if (!heldTooLong.has(g) && heldTooLong.add(g))
+      else if (!leaderlessWarned.has(g) && leaderlessWarned.add(g))
         log.warn("a group on the ring has had no leader for a while: tombstones are purged again (if it comes back holding keys that moved, a delete made here meanwhile can be undone)", { group: g, ms: Math.round(t - seen.since) });
     }
     return maybe;
   };
   /**
-   * Whether a leader must keep its tombstones: one may be all that keeps a copy still held by
-   * another group from undoing a delete made here. Kept while keys may be elsewhere, and for two
-   * settle periods after.
+   * Drop the tombstones no replica can need. A follower keeps -history-entries of them. A leader
+   * keeps those its history may still replay, and, while keys may be elsewhere and for two settle
+   * periods after, every one: one may be all that keeps a copy still held by another group from
+   * undoing a delete made here (found by an audit: a move larger than the history outlived the
+   * tombstones of its first deletes). But not for more than TOMBSTONE_HOLD_MAX_MS: a move stuck
+   * for good (its owner gone) would keep them forever (found by review).
    */
   let unquietAtMs = startedMs;
-  const tombstonesNeeded = () => {
+  /** The leader's head each call over the last TOMBSTONE_HOLD_MAX_MS (the first is at least that old, once there is one). */
+  const heads: { at: number; seq: number }[] = [];
+  let heldTooLongWarned = false;
+  const purgeTombstones = () => {
+    if (!leader) return void follower!.purgeTombstones(config.historyEntries);
     const t = now();
+    heads.push({ at: t, seq: leader.head });
+    while (heads.length > 1 && t - heads[1]!.at >= TOMBSTONE_HOLD_MAX_MS) heads.shift();
     if (keysMayBeElsewhere()) unquietAtMs = t;
-    return t - unquietAtMs < 2 * settleMs + 1000;
+    if (t - unquietAtMs >= 2 * settleMs + 1000) {
+      leader.purgeTombstones();
+      heldTooLongWarned = false; // warned again the next time
+    } else if (t - heads[0]!.at >= TOMBSTONE_HOLD_MAX_MS && leader.purgeTombstones(heads[0]!.seq) > 0 && !heldTooLongWarned) {
+      heldTooLongWarned = true;
+      log.warn("keys have been moving (or a group has had no leader) for a long time: tombstones older than the hold are purged again; a copy still to move in can undo a delete that old", { hold_ms: TOMBSTONE_HOLD_MAX_MS });
+    }
   };
   /** Where a key this group owns was before this group joined: its owner on the ring without us. */
   let withoutUsKey = "";
@@ -458,5 +475,5 @@ export function createService(d: ServiceDeps): NodeService {
     health: () => d.health(),
   };
 
-  return { service, mover, currentRing, settle, tombstonesNeeded };
+  return { service, mover, currentRing, settle, purgeTombstones };
 }

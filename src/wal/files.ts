@@ -42,14 +42,12 @@ export function listFiles(dir: string): DirFile[] {
   return out.sort((a, b) => a.seq - b.seq);
 }
 
-/** Files being written when a write was cut short (a crash, a failed snapshot): `*.tmp`, never read. */
-export function listTemp(dir: string): string[] {
-  return readdirSync(dir).filter((name) => name.endsWith(".tmp"));
-}
-
-/** Remove the `*.tmp` files (or directories, which kvnode never makes) in `dir`; returns their names. */
+/**
+ * Remove the files being written when a write was cut short (a crash, a failed snapshot): `*.tmp`,
+ * never read (directories too, which kvnode never makes). Returns their names.
+ */
 export function removeTemp(dir: string): string[] {
-  const names = listTemp(dir);
+  const names = readdirSync(dir).filter((name) => name.endsWith(".tmp"));
   for (const name of names) rmSync(join(dir, name), { force: true, recursive: true });
   return names;
 }
