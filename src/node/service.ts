@@ -207,7 +207,12 @@ export function createService(d: ServiceDeps): NodeService {
   const heads: { at: number; seq: number }[] = [];
   let heldTooLongWarned = false;
   const purgeTombstones = () => {
-    if (!leader) return void follower!.purgeTombstones(config.historyEntries);
+    if (!leader) {
+      // A follower keeps no hold, but it looks each second, so that a group's leader change
+      // starts its window when it is heard, not at this node's first miss after it (review).
+      keysMayBeElsewhere();
+      return void follower!.purgeTombstones(config.historyEntries);
+    }
     const t = now();
     heads.push({ at: t, seq: leader.head });
     while (heads.length > 1 && t - heads[1]!.at >= TOMBSTONE_HOLD_MAX_MS) heads.shift();
