@@ -369,7 +369,12 @@ export function createApi(s: KvService) {
     .post("/internal/import", async ({ body, request, set }) => {
       // Checked as /set checks a write (found by an audit: an oversized value taken here could
       // never be replicated or even read back from the log, and a lone surrogate split the copies).
-      for (const e of body.entries) checkValue(s, checkKey(s, e.key), e.value);
+      for (const e of body.entries) {
+        const key = checkKey(s, e.key);
+        if (e.deleted === true) continue;
+        if (typeof e.value !== "string") throw new BadRequestError(`Invalid entry "${key.slice(0, 64)}": give a string value, or "deleted": true`);
+        checkValue(s, key, e.value);
+      }
       return answer(counts, "/internal/import", await s.importEntries(body.entries, contextOf(request)), set, own);
     }, {
       parse: [({ request }) => parseJsonBody(request, requestBodyBytesMax(s.keyBytesMax, s.valueBytesMax)), "json"],

@@ -79,7 +79,9 @@ export const DrainReply = t.Object({
 export const ImportBody = t.Object(
   {
     from_group: t.Optional(Int()),
-    entries: t.Array(t.Object({ key: t.String(), value: t.String() }, open)),
+    entries: t.Array(
+      t.Object({ key: t.String(), value: t.Optional(t.String()), deleted: t.Optional(t.Literal(true, { description: "A tombstone: the key was deleted on the sending group" })) }, open),
+    ),
   },
   open,
 );

@@ -41,7 +41,10 @@ export interface KvService {
   /** Move this group's keys to the other groups, so it can be shut down. */
   drain(ctx: RequestContext): Promise<Reply>;
   /** Keys moved in from another group (rebalancing). */
-  importEntries(entries: { key: string; value: string }[], ctx: RequestContext): Promise<Reply>;
+  /** Keys moved in from another group: a value, or `deleted` for a tombstone (a delete made there). */
+  importEntries(entries: ImportEntry[], ctx: RequestContext): Promise<Reply>;
   cluster(): Static<typeof ClusterReply>;
   health(): Static<typeof HealthReply>;
 }
+
+export type ImportEntry = { key: string; value?: string; deleted?: boolean };

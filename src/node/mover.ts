@@ -3,8 +3,11 @@
  * them, or this group is draining) move to their owners in bounded batches while both sides keep
  * serving. Only keys whose owner changed move. A batch is imported by the owner's leader only for
  * keys it has never seen, so a write or delete that reached the new owner first is never undone;
- * then the keys are deleted here, each only if nobody changed it meanwhile. Passes repeat until
- * one finds nothing to move.
+ * then the keys are deleted here, each only if nobody changed it meanwhile. Tombstones move too,
+ * as deletes: a delete made here while this group owned a key must reach the group that owns it
+ * now (found by an audit: deletes made on the new owners during a drain came back when the drain
+ * was cancelled, as the old owner still held the keys). A tombstone the owner has taken is
+ * forgotten here. Passes repeat until one finds nothing to move.
  */
 import type { Member } from "../discovery/membership.ts";
 import type { Logger } from "../lib/log.ts";
@@ -44,7 +47,8 @@ const BODY_OVERHEAD_BYTES = 1024;
 
 interface Item {
   key: string;
-  value: string;
+  /** null: a tombstone (the key was deleted here at `version`). */
+  value: string | null;
   version: number;
   /** The entry as it goes in the batch's JSON, and its length in bytes. */
   json: string;
@@ -113,7 +117,7 @@ export class Mover {
     }
     if (!this.iter) {
       if (!this.moving && this.passes > 0 && !this.draining && key === this.settledRing) return;
-      this.iter = this.d.store.keys();
+      this.iter = scan(this.d.store);
       this.foundThisPass = 0;
       this.failedThisPass = false;
     }
@@ -133,7 +137,7 @@ export class Mover {
     if (this.held) {
       const it = this.held;
       this.held = null;
-      if (this.d.store.get(it.key)?.version === it.version) add(it); // else it changed meanwhile: the scan finds it again
+      if (this.d.store.versionOf(it.key) === it.version) add(it); // else it changed meanwhile: the scan finds it again
     }
     for (let n = 0; n < SCAN_PER_TICK && count < BATCH_ENTRIES && bytes < budget; n++) {
       const next = this.iter.next();
@@ -149,9 +153,11 @@ export class Mover {
       const owner = ring.ownerOf(next.value);
       if (owner === undefined || owner === this.d.group) continue;
       const e = this.d.store.get(next.value);
-      if (!e) continue;
-      const json = JSON.stringify({ key: next.value, value: e.value });
-      const it: Item = { key: next.value, value: e.value, version: e.version, json, bytes: Buffer.byteLength(json) + 1, owner };
+      const version = e ? e.version : this.d.store.versionOf(next.value);
+      if (version === 0) continue;
+      const value = e ? e.value : null;
+      const json = JSON.stringify(value === null ? { key: next.value, deleted: true } : { key: next.value, value });
+      const it: Item = { key: next.value, value, version, json, bytes: Buffer.byteLength(json) + 1, owner };
       this.foundThisPass++;
       // At least one key a batch (the largest key and value fit the owner's limit).
       if (count > 0 && bytes + it.bytes > budget) {
@@ -185,16 +191,32 @@ export class Mover {
     if (refused.size > 0) this.failedThisPass = true; // the owner disagrees about the ring: try again later
     let last = 0;
     let moved = 0;
+    const deleted: [string, number][] = [];
     // The ring may have changed while the batch was away: a key this group owns again stays (a
     // delete made now would count as this owner's own and refuse the copy coming back).
     const ring = this.d.ring();
     for (const it of items) {
       if (refused.has(it.key) || ring.ownerOf(it.key) === this.d.group) continue;
+      if (it.value === null) {
+        this.d.leader.forgetTombstone(it.key, it.version); // the owner has the delete
+        continue;
+      }
       const seq = this.d.leader.deleteIfVersion(it.key, it.version);
-      if (seq !== undefined) last = seq;
+      if (seq !== undefined) {
+        last = seq;
+        deleted.push([it.key, seq]);
+      }
       moved++;
     }
     if (last > 0) await this.d.durable(last);
+    // The owner has these keys: their tombstones here would only be sent to it again.
+    for (const [key, seq] of deleted) this.d.leader.forgetTombstone(key, seq);
     this.moved += moved;
   }
+}
+
+/** What a pass looks at: every live key, then every tombstone. */
+function* scan(store: Store): Generator<string> {
+  yield* store.keys();
+  yield* store.tombstoneKeys();
 }

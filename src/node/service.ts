@@ -459,12 +459,13 @@ export function createService(d: ServiceDeps): NodeService {
       // the log, which could yet fail, must not be taken as held: found by review).
       let last = 0;
       const refused: string[] = [];
-      for (const { key, value } of entries) {
+      for (const { key, value, deleted } of entries) {
         if (ring.ownerOf(key) !== config.group) {
           refused.push(key);
           continue;
         }
-        const seq = leader.setIfUnknown(key, value, (v) => ownedSince(key, v));
+        const current = (v: number) => ownedSince(key, v);
+        const seq = deleted === true ? leader.deleteIfUnknown(key, current) : leader.setIfUnknown(key, value!, current);
         if (seq === undefined) {
           skipped++;
           last = Math.max(last, leader.lastChangeOf(key));

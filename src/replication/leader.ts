@@ -238,6 +238,20 @@ export class Leader {
     return this.knows(key, current) ? undefined : this.propose(key, value);
   }
 
+  /** Delete `key` (or record its tombstone) only if this leader knows nothing current of it: a delete moved in, see setIfUnknown. */
+  deleteIfUnknown(key: string, current?: (version: number) => boolean): number | undefined {
+    return this.knows(key, current) ? undefined : this.propose(key, null);
+  }
+
+  /**
+   * Forget the tombstone of `key` at `version` here (not on the followers: nothing is logged), once
+   * the key's owner has it; false when the key changed meanwhile or a change of it is pending.
+   */
+  forgetTombstone(key: string, version: number): boolean {
+    if (this.overlay.has(key)) return false;
+    return this.o.store.dropTombstone(key, version);
+  }
+
   /** Delete `key` only if it still holds the write at `version` (a key moved out that nobody changed since). */
   deleteIfVersion(key: string, version: number): number | undefined {
     if (this.overlay.has(key) || this.o.store.get(key)?.version !== version) return undefined;

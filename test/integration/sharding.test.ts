@@ -617,6 +617,33 @@ describe("rebalancing", () => {
     expect(wrong).toEqual([]);
   }, 120_000);
 
+  test("deletes made on the new owner while a group drains stay deleted when the drain is cancelled by restarting its leader", async () => {
+    // Found by an audit: the new owner held only tombstones of keys deleted before they moved in;
+    // once the restarted group owned them again it still held their old values, and nothing
+    // carried the deletes back (15-59 of 15-59 came back). Tombstones now move as deletes.
+    await using c = await TestCluster.create();
+    const a = await c.start({ leader: true, group: 0 });
+    const ddir = c.newDataDir();
+    let d = await c.start({ leader: true, group: 1, dataDir: ddir });
+    await c.awaitMembership([a, d], 2);
+    const onD = Array.from({ length: 24_000 }, (_, i) => `q${i}`).filter((k) => RING_01.ownerOf(k) === 1);
+    await fill(d, onD, (k) => `old:${k};${"x".repeat(1000)}`, 32);
+    const victims = onD.slice(-200); // sent last
+    expect((await d.request("/admin/drain", { method: "POST" })).status).toBe(200);
+    await waitFor("group 0 to see group 1 draining", async () => ((await a.cluster()).groups as any[]).find((g) => g.group_id === 1)?.draining === true, 5_000, 5);
+    for (const k of victims) expect((await a.del(k)).status).toBe(200);
+    const stillOnD = (await d.health()).keys;
+    await d.stop(); // cancels the drain (README: "to cancel a drain, restart the leader")
+    d = await c.start({ leader: true, group: 1, dataDir: ddir });
+    await c.awaitMembership([a, d], 2);
+    console.log(`[cancelled drain] ${stillOnD} of ${onD.length} keys were still on group 1 when it stopped`);
+    await movesOver([a, d], a, 0, 60_000);
+    const back: string[] = [];
+    for (const k of victims) for (const n of [a, d]) if ((await n.get(k)).status !== 404) back.push(`${k} via group ${n.group}`);
+    expect(back).toEqual([]);
+    expect((await d.health()).keys).toBe(onD.length - victims.length);
+  }, 120_000);
+
   test("a group that joined while a leader was down, and is down itself when that leader starts again, keeps its newer writes to that leader's keys", async () => {
     // Found by review: whether the ring may have changed while a leader was down was judged
     // once, at its start-up settle, so such a group went unseen and its writes were skipped.

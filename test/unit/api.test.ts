@@ -55,8 +55,11 @@ class MemoryService implements KvService {
     return { status: 200, body: { status: "ok", group: this.group, draining: true, keys: this.entries.size } };
   }
 
-  async importEntries(entries: { key: string; value: string }[]): Promise<Reply> {
-    for (const { key, value } of entries) if (!this.entries.has(key)) this.entries.set(key, { value, version: ++this.seq });
+  async importEntries(entries: { key: string; value?: string; deleted?: boolean }[]): Promise<Reply> {
+    for (const { key, value, deleted } of entries) {
+      if (deleted) this.entries.delete(key);
+      else if (!this.entries.has(key)) this.entries.set(key, { value: value!, version: ++this.seq });
+    }
     return { status: 200, body: { status: "ok", imported: entries.length, skipped: 0, refused: [] } };
   }
 
@@ -367,6 +370,17 @@ describe("POST /internal/import (keys moved in from another group)", () => {
     await expectError(await importing([{ key: "ok", value: "v" }, { key: "bad", value: "a\udc00" }]), 400);
     expect(service.entries.size).toBe(0);
     expect(await expectJson(await importing([{ key: "ok", value: "v".repeat(32) }]))).toMatchObject({ imported: 1 });
+  });
+
+  test("takes a tombstone as deleted: true without a value; an entry with neither is refused", async () => {
+    const { call, service } = setup();
+    const importing = (entries: unknown) => call("POST", "/internal/import", { body: JSON.stringify({ entries }), headers: { "content-type": "application/json" } });
+    expect((await expectError(await importing([{ key: "a", value: "1" }, { key: "b" }]), 400)).error).toContain('give a string value, or "deleted": true');
+    await expectError(await importing([{ key: "b", deleted: false }]), 400);
+    expect(service.entries.size).toBe(0);
+    await expectJson(await importing([{ key: "a", value: "1" }, { key: "b", value: "2" }]));
+    await expectJson(await importing([{ key: "a", deleted: true }]));
+    expect([...service.entries.keys()]).toEqual(["b"]);
   });
 });
 
