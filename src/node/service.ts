@@ -321,16 +321,38 @@ export function createService(d: ServiceDeps): NodeService {
     return { keys, count: keys.length, cursor: more && keys.length > 0 ? keys[keys.length - 1]! : null };
   };
 
-  /** Read-your-writes through a follower: wait (briefly) until our copy has the forwarded write. */
+  /**
+   * Read-your-writes through a follower: wait (briefly) until our copy has the forwarded write.
+   * If it has not by then (the follower is relinking, after its leader restarted, say), the write
+   * is answered all the same, and this follower's reads go to the leader until it has applied it
+   * (found by an audit: a read right after such a write found the older value).
+   */
   const awaitApplied = (seq: number) =>
     new Promise<void>((resolve) => {
       if (!follower || follower.applied >= seq) return resolve();
       const w = { seq, resolve };
       applyWaiters.add(w);
       setTimeout(() => {
-        if (applyWaiters.delete(w)) resolve();
+        if (!applyWaiters.delete(w)) return;
+        if (seq > behind.seq || follower.historyId !== behind.historyId) {
+          if (behind.seq === 0) log.info("writes acknowledged through this follower are not applied here yet: its reads go to the leader until they are", { seq, applied: follower.applied });
+          behind = { seq, historyId: follower.historyId };
+        }
+        resolve();
       }, limits.forwardApplyWaitMs);
     });
+  /** The highest such write, and the history it belongs to (a new history, taken whole, holds it). */
+  let behind = { seq: 0, historyId: "" };
+  /** Whether this follower must send a read to its leader: it has not applied a write acknowledged through it. */
+  const lagsOwnWrites = (): boolean => {
+    if (behind.seq === 0) return false;
+    if (follower!.applied >= behind.seq || follower!.historyId !== behind.historyId) {
+      log.info("caught up with the writes acknowledged through this follower: reads are served here again", { seq: behind.seq, applied: follower!.applied });
+      behind = { seq: 0, historyId: "" };
+      return false;
+    }
+    return true;
+  };
 
   /** Answer a write only once it is durable (at once in memory); map disk errors to 507/503. */
   const durableOrThrow = async (seq: number) => {
@@ -386,6 +408,12 @@ export function createService(d: ServiceDeps): NodeService {
       // Named for our group by a node whose ring is behind ours: pass it on to the owner once.
       const other = ctx.noFallback ? undefined : misdirected(key, ctx);
       if (other) return links.forward(other.to, RequestOp.Get, key, "", { hops: ctx.hops, group: other.group, anyReplica: ctx.anyReplica });
+      if (follower && lagsOwnWrites()) {
+        const l = membership.leaderOf(config.group);
+        if (!l || ctx.hops >= HOPS_MAX)
+          throw new UnavailableError(`Cannot read "${key.slice(0, 64)}": this follower has not yet applied writes acknowledged through it, and its group's leader cannot be asked`, config.group);
+        return links.forward(l, RequestOp.Get, key, "", { hops: ctx.hops, group: config.group });
+      }
       const e = store.get(key);
       if (e) return { status: 200, body: { key, value: e.value, version: e.version } };
       // A tombstone here means the key was deleted here: a copy still on its previous owner is older.
