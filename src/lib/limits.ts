@@ -20,6 +20,10 @@ export const limits = {
   replicationBatchMs: 1,
   /** Bytes queued to one follower's socket beyond which the pump waits for `drain`. */
   followerQueuedBytesMax: 4 * 1024 * 1024,
+  /** A follower link whose queued bytes make no progress for this long is closed. */
+  followerStallMs: 20_000,
+  /** Full state transfers a leader runs at once (each holds a copy of the store until it ends). */
+  fullTransfersMax: 4,
   /** Answers queued on one request link that its peer does not read, beyond which it is closed. */
   requestLinkQueuedBytesMax: 64 * 1024 * 1024,
   /** Forwarding: timeout of one forwarded request (the hop bound is HOPS_MAX in src/routing). */

@@ -444,10 +444,24 @@ export class Leader {
       link.out.send(encodeFrame({ type: FrameType.Welcome, ...this.header(this.applied), historyId: this.o.historyId, mode: WelcomeMode.Tail }));
       this.o.log.info("follower joined, streaming from its position", { node_id: f.nodeId, from_seq: f.seq + 1, head: this.applied });
     } else {
+      const busy = this.transfersBusy();
+      if (busy) return busy;
       link.out.send(encodeFrame({ type: FrameType.Welcome, ...this.header(this.applied), historyId: this.o.historyId, mode: WelcomeMode.Snapshot }));
       this.startSnapshot(link, `follower at ${f.seq} (term ${f.term}) of history "${f.historyId}"`);
     }
     this.pump(link);
+    return undefined;
+  }
+
+  /**
+   * Why a new full transfer must wait, if it must: each holds a copy of the store until it ends,
+   * so at most limits.fullTransfersMax run at once (found by an audit: 20 peers that said Hello
+   * and never read held 20 copies, 1 GiB).
+   */
+  private transfersBusy(): string | undefined {
+    let n = 0;
+    for (const l of this.links) if (l.mode === "snapshot") n++;
+    if (n >= limits.fullTransfersMax) return `busy: ${n} full state transfers are in progress, at most ${limits.fullTransfersMax} at once; try again shortly`;
     return undefined;
   }
 
@@ -472,6 +486,13 @@ export class Leader {
       }
       if (link.mode !== "stream" || link.next > this.applied) return;
       if (!this.history.covers(link.next)) {
+        const busy = this.transfersBusy();
+        if (busy) {
+          this.o.log.warn("follower fell behind the history and needs a full transfer: closing its link until one can start", { node_id: link.nodeId, reason: busy });
+          out.send(encodeFrame({ type: FrameType.Error, group: this.o.group, term: 0, seq: 0, message: busy }));
+          out.end();
+          return;
+        }
         this.stats.resyncs++;
         this.startSnapshot(link, `follower fell behind the history (next ${link.next}, history starts at ${this.history.firstSeq})`);
         continue;
@@ -514,7 +535,18 @@ export class Leader {
   /** Keep-alive and position: each follower answers with an ack. */
   ping(): void {
     const frame = encodeFrame({ type: FrameType.Ping, ...this.header(this.applied) });
-    for (const link of this.links) if (link.mode !== "handshake") link.out.send(frame);
+    for (const link of this.links) {
+      // A follower that takes nothing from its socket for this long is cut off: in a full
+      // transfer its link holds a copy of the store (found by an audit: peers that never read
+      // but sent an Ack now and then, which kept the idle timeout away, held one each for good).
+      const stalled = link.out.stalledMs();
+      if (stalled > limits.followerStallMs) {
+        this.o.log.warn("follower has read nothing for a while: closing its link", { node_id: link.nodeId, address: link.address, state: link.mode, stalled_ms: Math.round(stalled), queued_bytes: link.out.queuedBytes });
+        link.out.abort();
+        continue;
+      }
+      if (link.mode !== "handshake") link.out.send(frame);
+    }
   }
 
   followers(): FollowerInfo[] {

@@ -15,8 +15,13 @@ export class Outbox {
   private head = 0;
   queuedBytes = 0;
   closed = false;
+  /** Since when bytes have waited in the queue without any going out (null: none wait). */
+  private waitingSinceMs: number | null = null;
 
-  constructor(private readonly wire: Wire) {}
+  constructor(
+    private readonly wire: Wire,
+    private readonly clock: () => number = () => performance.now(),
+  ) {}
 
   send(bytes: Uint8Array): void {
     if (this.closed || bytes.length === 0) return;
@@ -29,8 +34,14 @@ export class Outbox {
       if (n === bytes.length) return;
       bytes = bytes.subarray(n);
     }
+    if (this.waitingSinceMs === null) this.waitingSinceMs = this.clock();
     this.queue.push(bytes);
     this.queuedBytes += bytes.length;
+  }
+
+  /** How long queued bytes have waited without any of them going out; 0 when none wait. */
+  stalledMs(now = this.clock()): number {
+    return this.waitingSinceMs === null ? 0 : now - this.waitingSinceMs;
   }
 
   /** Write what is queued; true when everything went out. Call from `drain`. */
@@ -43,6 +54,7 @@ export class Outbox {
         return false;
       }
       this.queuedBytes -= n;
+      if (n > 0) this.waitingSinceMs = this.clock();
       if (n < b.length) {
         this.queue[this.head] = b.subarray(n);
         return false;
@@ -51,6 +63,7 @@ export class Outbox {
     }
     this.queue = [];
     this.head = 0;
+    this.waitingSinceMs = null;
     return true;
   }
 
@@ -65,6 +78,7 @@ export class Outbox {
     this.queue = [];
     this.head = 0;
     this.queuedBytes = 0;
+    this.waitingSinceMs = null;
     if (this.wire.terminate) this.wire.terminate();
     else this.wire.end();
   }

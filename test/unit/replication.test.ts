@@ -787,6 +787,58 @@ test("-sync-replicas: a follower node on two links (an old one not yet closed) c
   expect(sim.leader.connectedFollowers()).toBe(2);
 });
 
+describe("a leader's memory against followers that do not read", () => {
+  const foreign = { type: FrameType.Hello, ...h(3), cluster: CLUSTER, historyId: "another-history" } as const;
+
+  test("at most limits.fullTransfersMax full transfers run at once; another is refused as busy until one ends", () => {
+    const sim = new Sim();
+    // More than a link queues (4 MiB), over wires that take nothing: each transfer stays in progress.
+    for (let i = 1; i <= 120; i++) sim.set(`k${i}`, "v".repeat(50_000));
+    const links = Array.from({ length: limits.fullTransfersMax }, (_, i) => {
+      const link = sim.leader.attach(new Outbox(new FakeWire(() => 0)), `peer-${i}`);
+      expect(sim.leader.onFrame(link, { ...foreign, nodeId: `f${i}` } as Frame)).toBeUndefined();
+      expect(link.mode).toBe("snapshot");
+      return link;
+    });
+    const extra = sim.leader.attach(new Outbox(new FakeWire(() => 0)), "peer-x");
+    const err = sim.leader.onFrame(extra, { ...foreign, nodeId: "fx" } as Frame);
+    expect(err).toContain("busy");
+    // A follower of this history streams from its position: no transfer, never busy.
+    const tail = sim.leader.attach(new Outbox(new FakeWire()), "peer-t");
+    expect(sim.leader.onFrame(tail, { type: FrameType.Hello, ...h(20), cluster: CLUSTER, nodeId: "ft", historyId: HISTORY_ID } as Frame)).toBeUndefined();
+    expect(tail.mode).toBe("stream");
+    sim.leader.detach(links[0]!);
+    const again = sim.leader.attach(new Outbox(new FakeWire(() => 0)), "peer-y");
+    expect(sim.leader.onFrame(again, { ...foreign, nodeId: "fy" } as Frame)).toBeUndefined();
+    expect(again.mode).toBe("snapshot");
+  });
+
+  test("a link whose queued bytes make no progress for limits.followerStallMs is cut off at the next ping; one that reads slowly is not", () => {
+    const sim = new Sim();
+    for (let i = 1; i <= 20; i++) sim.set(`k${i}`, "v".repeat(100));
+    let t = 0;
+    const stuckWire = Object.assign(new FakeWire(() => 0), { terminated: 0, terminate() { this.terminated++; } });
+    const stuck = sim.leader.attach(new Outbox(stuckWire, () => t), "stuck");
+    expect(sim.leader.onFrame(stuck, { ...foreign, nodeId: "f1" } as Frame)).toBeUndefined();
+    let room = 0;
+    const slowWire = new FakeWire(() => room);
+    const slowOut = new Outbox(slowWire, () => t);
+    const slow = sim.leader.attach(slowOut, "slow");
+    expect(sim.leader.onFrame(slow, { ...foreign, nodeId: "f2" } as Frame)).toBeUndefined();
+    expect(stuck.out.stalledMs()).toBe(0);
+    for (t = 5_000; t <= limits.followerStallMs + 5_000; t += 5_000) {
+      room = 10; // the slow one takes a few bytes now and then
+      slowOut.flush();
+      room = 0;
+      sim.leader.ping();
+    }
+    expect(stuck.out.closed).toBe(true);
+    expect(stuckWire.terminated).toBe(1);
+    expect(slow.out.closed).toBe(false);
+    expect(slowOut.stalledMs()).toBeLessThan(limits.followerStallMs);
+  });
+});
+
 describe("Leader handshake", () => {
   const hello = (p: Partial<Extract<Frame, { type: 1 }>> = {}): Frame => ({
     type: FrameType.Hello,
