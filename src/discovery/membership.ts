@@ -98,6 +98,9 @@ export class Membership {
     }
     const known = this.members.get(a.nodeId);
     if (!known && this.members.size >= limits.peersMax) return "full";
+    // Groups stay on the ring once heard, so their number is bounded too (found by an audit:
+    // datagrams announcing a new group each, then leaving, put 7,045 groups on the ring).
+    if (!this.ringed.has(a.group) && this.ringed.size >= limits.groupsMax) return "full";
     // A node restarted on the same address comes back under a new id: forget the old one now
     // rather than after the stale time, so routing never picks the dead incarnation.
     if (!known)

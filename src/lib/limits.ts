@@ -35,6 +35,8 @@ export const limits = {
   reconnectBackoffMaxMs: 2_000,
   /** Peers remembered in the membership table; datagrams from more are dropped. */
   peersMax: 4096,
+  /** Groups on the ring (announcements of more are dropped as table-full). */
+  groupsMax: 1024,
 } as const;
 
 /** Largest frame on the replication link: one entry of the largest key and value, plus headers. */

@@ -225,6 +225,22 @@ describe("Membership", () => {
 });
 
 describe("the groups on the ring", () => {
+  test("at most limits.groupsMax groups are taken, however many come and leave; known groups still take new nodes", () => {
+    // Found by an audit: an Announce and a Leave per new group put 7,045 groups on the ring.
+    const m = new Membership(self);
+    let n = 0;
+    for (let g = 1; g < limits.groupsMax + 500; g++) {
+      m.observe(ann({ nodeId: `n${g}`, group: g, host: "10.1.0.1", clusterPort: g }), 0);
+      m.observe(ann({ nodeId: `n${g}`, type: DatagramType.Leave }), 0);
+      n++;
+    }
+    expect(n).toBeGreaterThan(limits.groupsMax);
+    expect(m.ringGroups().length).toBe(limits.groupsMax);
+    expect(m.observe(ann({ nodeId: "new-group", group: 999_999, host: "10.2.0.1", clusterPort: 1 }), 1)).toBe("full");
+    expect(m.observe(ann({ nodeId: "in-group-1", group: 1, host: "10.2.0.1", clusterPort: 2 }), 1)).toBe("new");
+    expect(m.ringGroups()).not.toContain(999_999);
+  });
+
   test("a group whose nodes all fall silent stays on the ring, so its keys are not re-owned", () => {
     const m = new Membership(self);
     m.observe(ann({ nodeId: "g1-leader", group: 1, leader: true }), 0);
