@@ -77,6 +77,8 @@ interface ConnData {
 export const UNFINISHED_BYTES_MAX = 256 << 20;
 /** A frame still arriving pushes the idle deadline back for each this many bytes of it. */
 const PROGRESS_BYTES = 1 << 20;
+/** The clock follower links time their stalls by (Outbox.stalledMs). */
+const now = () => performance.now();
 
 export interface ReplicationServer {
   readonly port: number;
@@ -103,7 +105,7 @@ export function listenReplication(host: string, port: number, frameBytesMax: num
     socket: {
       open(socket) {
         const remote = `${socket.remoteAddress}`;
-        socket.data = { conn: { remote, out: new Outbox(socket), state: undefined }, reader: new FrameReader(frameBytesMax), unfinished: 0, unfinishedAtArm: 0 };
+        socket.data = { conn: { remote, out: new Outbox(socket, now), state: undefined }, reader: new FrameReader(frameBytesMax), unfinished: 0, unfinishedAtArm: 0 };
         socket.timeout(LINK_IDLE_TIMEOUT_S);
       },
       data(socket, chunk) {
@@ -174,7 +176,7 @@ export function connectReplication<F extends Frame | PutBytes = Frame>(host: str
       open(socket) {
         sock = socket;
         if (closed) return void socket.end();
-        out = new Outbox(socket);
+        out = new Outbox(socket, now);
         socket.timeout(LINK_IDLE_TIMEOUT_S);
         h.onOpen(out);
       },
