@@ -3,11 +3,11 @@
  * them, or this group is draining) move to their owners in bounded batches while both sides keep
  * serving. Only keys whose owner changed move. A batch is imported by the owner's leader only for
  * keys it has never seen, so a write or delete that reached the new owner first is never undone;
- * then the keys are deleted here, each only if nobody changed it meanwhile. Tombstones move too,
- * as deletes: a delete made here while this group owned a key must reach the group that owns it
- * now (found by an audit: deletes made on the new owners during a drain came back when the drain
- * was cancelled, as the old owner still held the keys). A tombstone the owner has taken is
- * forgotten here. Passes repeat until one finds nothing to move.
+ * then the keys are deleted here, each only if nobody changed it meanwhile. Tombstones of deletes
+ * made here while this group owned the key move too, as deletes, in batches of their own (found
+ * by an audit: deletes made on the new owners during a drain came back when the drain was
+ * cancelled, as the old owner still held the keys); one the owner has taken is forgotten here.
+ * Passes repeat until one finds nothing to move.
  */
 import type { Member } from "../discovery/membership.ts";
 import type { Logger } from "../lib/log.ts";
@@ -24,6 +24,8 @@ export interface MoverDeps {
   leaderOf: (group: number) => Member | undefined;
   /** Resolves once `seq` is durable here. */
   durable: (seq: number) => Promise<void>;
+  /** Whether the tombstone of `key` at `version` is a delete made while this group owned the key (one to send). */
+  ownTombstone: (key: string, version: number) => boolean;
   /** Tell the cluster at once that moving started or stopped. */
   announce: () => void;
   /** Largest request body the owners take (their maxRequestBodySize): no batch is larger. */
@@ -69,6 +71,8 @@ export class Mover {
   private held: Item | null = null;
   private failedThisPass = false;
   private busy = false;
+  /** Owners that refused a batch of tombstones as malformed (a node of an older version): warned once. */
+  private noTombstones = new Set<number>();
 
   constructor(private readonly d: MoverDeps) {}
 
@@ -121,6 +125,7 @@ export class Mover {
       this.foundThisPass = 0;
       this.failedThisPass = false;
     }
+    // By owner, live entries and tombstones apart (an older node refuses tombstones: see send).
     const batches = new Map<number, Item[]>();
     // Bodies stay within what the owners take (found by an audit: with small -max-value-bytes,
     // every 256 KiB batch was cut off by the owner's HTTP server, and nothing ever moved).
@@ -128,8 +133,9 @@ export class Mover {
     let bytes = 0;
     let count = 0;
     const add = (it: Item) => {
-      let list = batches.get(it.owner);
-      if (!list) batches.set(it.owner, (list = []));
+      const b = 2 * it.owner + (it.value === null ? 1 : 0);
+      let list = batches.get(b);
+      if (!list) batches.set(b, (list = []));
       list.push(it);
       bytes += it.bytes;
       count++;
@@ -155,6 +161,7 @@ export class Mover {
       const e = this.d.store.get(next.value);
       const version = e ? e.version : this.d.store.versionOf(next.value);
       if (version === 0) continue;
+      if (!e && (this.noTombstones.has(owner) || !this.d.ownTombstone(next.value, version))) continue;
       const value = e ? e.value : null;
       const json = JSON.stringify(value === null ? { key: next.value, deleted: true } : { key: next.value, value });
       const it: Item = { key: next.value, value, version, json, bytes: Buffer.byteLength(json) + 1, owner };
@@ -168,7 +175,7 @@ export class Mover {
     }
     if (count === 0) return;
     this.setMoving(true);
-    for (const [owner, items] of batches) await this.send(owner, items);
+    for (const [b, items] of batches) await this.send(b >> 1, items);
   }
 
   private settledRing = "";
@@ -182,6 +189,13 @@ export class Mover {
     }
     const body = `{"from_group":${this.d.group},"entries":[${items.map((it) => it.json).join(",")}]}`;
     const r = await forward(to, "POST", "/internal/import", body, { hops: 0, group: owner });
+    if (r.status === 400 && items[0]!.value === null) {
+      // A node of an older version, which takes values only: its keys still move, without the
+      // deletes (they stay here, to be sent once it is upgraded and this leader restarts).
+      this.noTombstones.add(owner);
+      this.d.log.warn("the owner refused moved deletes (an older version?): its keys move without them", { group: owner, answer: JSON.stringify(r.body).slice(0, 200) });
+      return;
+    }
     if (r.status !== 200) {
       this.failedThisPass = true;
       this.lastError = `group ${owner} refused the batch: ${r.status} ${JSON.stringify(r.body).slice(0, 200)}`;
@@ -191,7 +205,6 @@ export class Mover {
     if (refused.size > 0) this.failedThisPass = true; // the owner disagrees about the ring: try again later
     let last = 0;
     let moved = 0;
-    const deleted: [string, number][] = [];
     // The ring may have changed while the batch was away: a key this group owns again stays (a
     // delete made now would count as this owner's own and refuse the copy coming back).
     const ring = this.d.ring();
@@ -202,15 +215,10 @@ export class Mover {
         continue;
       }
       const seq = this.d.leader.deleteIfVersion(it.key, it.version);
-      if (seq !== undefined) {
-        last = seq;
-        deleted.push([it.key, seq]);
-      }
+      if (seq !== undefined) last = seq;
       moved++;
     }
     if (last > 0) await this.d.durable(last);
-    // The owner has these keys: their tombstones here would only be sent to it again.
-    for (const [key, seq] of deleted) this.d.leader.forgetTombstone(key, seq);
     this.moved += moved;
   }
 }

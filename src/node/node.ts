@@ -324,13 +324,14 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   const reconcile = () => {
     if (!follower) return;
     const target = membership.leaderOf(config.group);
-    if (link && (!target || !linkTarget || target.nodeId !== linkTarget.nodeId)) {
+    const keyOf = (m: Member) => `${m.nodeId}/${m.term}/${m.host}:${m.clusterPort}`;
+    if (link && (!target || !linkTarget || keyOf(target) !== keyOf(linkTarget))) {
       log.info("group leader changed, relinking", { from: linkTarget?.nodeId, to: target?.nodeId ?? null });
       link.close();
       return;
     }
     // A leader other than the one last tried (restarted: a new term; or moved) is tried at once.
-    if (!link && reconnectTimer && target && `${target.nodeId}/${target.term}/${target.host}:${target.clusterPort}` !== triedLeader) {
+    if (!link && reconnectTimer && target && keyOf(target) !== triedLeader) {
       clearTimeout(reconnectTimer);
       reconnectTimer = null;
       backoffMs = limits.reconnectBackoffMinMs;

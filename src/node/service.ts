@@ -128,16 +128,38 @@ export function createService(d: ServiceDeps): NodeService {
    * than the rings kept do not count either, nor entries from before this start when the rings
    * were not saved or may have changed while the node was down.
    */
-  const ownedSince = (key: string, version: number): boolean => {
-    let i = ringEpochs.length - 1;
-    while (i >= 0 && ringEpochs[i]!.seq >= version) i--;
-    if (i < 0) return false;
+  const ownedSince = (key: string, version: number): boolean => ownership(key, version) === "owned";
+  /**
+   * ownedSince, told apart: "not-owned" when the rings show a ring since `version` on which this
+   * group did not own the key; "unknown" when they cannot say (older than the rings kept, or the
+   * ring may have changed while this node was down).
+   */
+  const ownership = (key: string, version: number): "owned" | "not-owned" | "unknown" => {
+    let i = epochAt(version);
+    if (i < 0) return "unknown";
+    for (let j = i; j < ringEpochs.length; j++) if (ringEpochs[j]!.ring.ownerOf(key) !== config.group) return "not-owned";
     if (ringEpochs[i]!.restored) {
       checkGroups(membership.knownGroups());
-      if (changedWhileDown) return false;
+      if (changedWhileDown) return "unknown";
     }
-    for (; i < ringEpochs.length; i++) if (ringEpochs[i]!.ring.ownerOf(key) !== config.group) return false;
-    return true;
+    return "owned";
+  };
+  /** Index of the ring epoch in force when the write at `version` was made; -1 if none is kept. */
+  const epochAt = (version: number): number => {
+    let i = ringEpochs.length - 1;
+    while (i >= 0 && ringEpochs[i]!.seq >= version) i--;
+    return i;
+  };
+  /**
+   * Whether this group's tombstone at `version` is a delete made while it owned the key (on the
+   * ring in force then): only such a delete goes to the key's owner when keys move. The delete
+   * left by moving a key out, or one of a ring not kept (a follower just promoted keeps none),
+   * stays here (found by review: replayed from the log at a restart, move-out deletes were sent
+   * and deleted the owner's live values whenever its rings could not vouch for them).
+   */
+  const ownTombstone = (key: string, version: number): boolean => {
+    const i = epochAt(version);
+    return i >= 0 && ringEpochs[i]!.ring.ownerOf(key) === config.group;
   };
   const routing: RoutingView = {
     selfId: nodeId,
@@ -244,6 +266,7 @@ export function createService(d: ServiceDeps): NodeService {
         ring: currentRing,
         leaderOf: (g) => membership.leaderOf(g),
         durable: (seq) => durableOrThrow(seq),
+        ownTombstone,
         bodyBytesMax: requestBodyBytesMax(config.keyBytesMax, config.valueBytesMax),
         announce: () => {
           membership.updateSelf({ moving: mover!.moving, draining: mover!.draining });
@@ -334,19 +357,28 @@ export function createService(d: ServiceDeps): NodeService {
       applyWaiters.add(w);
       setTimeout(() => {
         if (!applyWaiters.delete(w)) return;
-        if (seq > behind.seq || follower.historyId !== behind.historyId) {
+        // The write's sequence is of the history its leader announces (ours may be another while
+        // a full transfer is staged: found by review).
+        const historyId = membership.leaderOf(config.group)?.historyId ?? follower.historyId;
+        if (seq > behind.seq || historyId !== behind.historyId) {
           if (behind.seq === 0) log.info("writes acknowledged through this follower are not applied here yet: its reads go to the leader until they are", { seq, applied: follower.applied });
-          behind = { seq, historyId: follower.historyId };
+          behind = { seq, historyId };
         }
         resolve();
       }, limits.forwardApplyWaitMs);
     });
-  /** The highest such write, and the history it belongs to (a new history, taken whole, holds it). */
+  /** The highest such write, and the history it belongs to. */
   let behind = { seq: 0, historyId: "" };
-  /** Whether this follower must send a read to its leader: it has not applied a write acknowledged through it. */
+  /**
+   * Whether this follower must send a read to its leader: it has not applied a write acknowledged
+   * through it. Over once it has, in that history, or once the leader is on another history (it
+   * restarted without that write's history: a full transfer of the new one is all there is).
+   */
   const lagsOwnWrites = (): boolean => {
     if (behind.seq === 0) return false;
-    if (follower!.applied >= behind.seq || follower!.historyId !== behind.historyId) {
+    const leaderHistory = membership.leaderOf(config.group)?.historyId;
+    const caughtUp = follower!.historyId === behind.historyId && follower!.applied >= behind.seq;
+    if (caughtUp || (leaderHistory !== undefined && leaderHistory !== behind.historyId && follower!.historyId === leaderHistory)) {
       log.info("caught up with the writes acknowledged through this follower: reads are served here again", { seq: behind.seq, applied: follower!.applied });
       behind = { seq: 0, historyId: "" };
       return false;
@@ -412,7 +444,7 @@ export function createService(d: ServiceDeps): NodeService {
         const l = membership.leaderOf(config.group);
         if (!l || ctx.hops >= HOPS_MAX)
           throw new UnavailableError(`Cannot read "${key.slice(0, 64)}": this follower has not yet applied writes acknowledged through it, and its group's leader cannot be asked`, config.group);
-        return links.forward(l, RequestOp.Get, key, "", { hops: ctx.hops, group: config.group });
+        return links.forward(l, RequestOp.Get, key, "", { hops: ctx.hops, group: config.group, noFallback: ctx.noFallback });
       }
       const e = store.get(key);
       if (e) return { status: 200, body: { key, value: e.value, version: e.version } };
@@ -492,8 +524,12 @@ export function createService(d: ServiceDeps): NodeService {
           refused.push(key);
           continue;
         }
-        const current = (v: number) => ownedSince(key, v);
-        const seq = deleted === true ? leader.deleteIfUnknown(key, current) : leader.setIfUnknown(key, value!, current);
+        // A copy moved in overwrites what the rings cannot vouch for; a delete moved in removes only
+        // what they show is older than a ring on which this group did not own the key (review).
+        const seq =
+          deleted === true
+            ? leader.deleteIfUnknown(key, (v) => ownership(key, v) !== "not-owned")
+            : leader.setIfUnknown(key, value!, (v) => ownedSince(key, v));
         if (seq === undefined) {
           skipped++;
           last = Math.max(last, leader.lastChangeOf(key));
