@@ -6,7 +6,8 @@
  * then the keys are deleted here, each only if nobody changed it meanwhile. Tombstones of deletes
  * made here while this group owned the key move too, as deletes, in batches of their own (found
  * by an audit: deletes made on the new owners during a drain came back when the drain was
- * cancelled, as the old owner still held the keys); one the owner has taken is forgotten here.
+ * cancelled, as the old owner still held the keys); one the owner has taken is superseded here
+ * by a delete of the current ring, which is never sent.
  * Passes repeat until one finds nothing to move.
  */
 import type { Member } from "../discovery/membership.ts";
@@ -211,7 +212,9 @@ export class Mover {
     for (const it of items) {
       if (refused.has(it.key) || ring.ownerOf(it.key) === this.d.group) continue;
       if (it.value === null) {
-        this.d.leader.forgetTombstone(it.key, it.version); // the owner has the delete
+        // The owner has the delete: supersede it here with one that is never sent again.
+        const seq = this.d.leader.retireTombstone(it.key, it.version);
+        if (seq !== undefined) last = seq;
         continue;
       }
       const seq = this.d.leader.deleteIfVersion(it.key, it.version);

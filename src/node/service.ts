@@ -114,7 +114,8 @@ export function createService(d: ServiceDeps): NodeService {
     if (r !== lastRing && isSettled) {
       lastRing = r;
       if (leader) {
-        ringEpochs.push({ seq: leader.head, ring: r, known: membership.knownGroups(), restored: false });
+        // From the last write handed out: one still on its way to the log was made under the ring before (review).
+        ringEpochs.push({ seq: leader.proposed, ring: r, known: membership.knownGroups(), restored: false });
         if (ringEpochs.length > RING_EPOCHS_KEPT) ringEpochs.shift();
         durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups], known: [...e.known] })));
       }
@@ -525,7 +526,13 @@ export function createService(d: ServiceDeps): NodeService {
           continue;
         }
         // A copy moved in overwrites what the rings cannot vouch for; a delete moved in removes only
-        // what they show is older than a ring on which this group did not own the key (review).
+        // what they show is older than a ring on which this group did not own the key (review), and
+        // is not recorded where nothing of the key is held: a tombstone made here would count as
+        // this group's own and refuse a newer copy moving in later (found by review).
+        if (deleted === true && !leader.knows(key)) {
+          skipped++;
+          continue;
+        }
         const seq =
           deleted === true
             ? leader.deleteIfUnknown(key, (v) => ownership(key, v) !== "not-owned")

@@ -153,6 +153,11 @@ export class Leader {
     return this.applied;
   }
 
+  /** The last sequence handed out, durable or not (a write proposed before a ring change is of the ring before). */
+  get proposed(): number {
+    return this.seq;
+  }
+
 
   get historyFirstSeq(): number {
     return this.history.firstSeq;
@@ -244,12 +249,16 @@ export class Leader {
   }
 
   /**
-   * Forget the tombstone of `key` at `version` here (not on the followers: nothing is logged), once
-   * the key's owner has it; false when the key changed meanwhile or a change of it is pending.
+   * Supersede the tombstone of `key` at `version` with a new one, written now (logged and
+   * replicated like any delete), once the key's owner has taken that delete: the new one is of
+   * the ring in force now, on which this group does not own the key, so it is never sent again,
+   * even when the log is replayed (found by review: forgetting it in memory only let a restart
+   * send it again, over newer writes). Undefined when the key changed meanwhile or a change of it
+   * is pending.
    */
-  forgetTombstone(key: string, version: number): boolean {
-    if (this.overlay.has(key)) return false;
-    return this.o.store.dropTombstone(key, version);
+  retireTombstone(key: string, version: number): number | undefined {
+    if (this.overlay.has(key) || this.o.store.get(key) !== undefined || this.o.store.versionOf(key) !== version) return undefined;
+    return this.propose(key, null);
   }
 
   /** Delete `key` only if it still holds the write at `version` (a key moved out that nobody changed since). */

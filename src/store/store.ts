@@ -616,13 +616,6 @@ export class Store {
     return this.dead.keys();
   }
 
-  /** Forget the tombstone of `key` if it is still the one at `version`; returns whether it was. */
-  dropTombstone(key: string, version: number): boolean {
-    if (this.dead.get(key) !== version) return false;
-    this.dead.delete(key);
-    return true;
-  }
-
   /** Drop tombstones with version <= `version`: no replica can replay anything older. */
   purgeTombstones(version: number): number {
     let purged = 0;
