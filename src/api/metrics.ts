@@ -4,6 +4,8 @@
  * - The API's answers by route and status. They are counted as plain integers where a request is
  *   answered (a prom-client `inc` with labels costs ~150 ns, 1-2% of a write's CPU) and handed to
  *   prom-client's counters at each scrape.
+ * - How long /get, /set and /delete took, as a histogram by route: bucket counts kept the same
+ *   way, and given to the registry as a histogram of its own at each scrape.
  * - The node's state, read at each scrape from the same view as /cluster: keys, sequences, lag,
  *   storage, membership, rebalancing, discovery.
  * - prom-client's default process metrics (CPU, resident memory, open files, event-loop lag,
@@ -17,12 +19,30 @@ import type { ClusterReply } from "./schemas.ts";
 export const COUNTED_ROUTES = ["/set", "/get", "/delete", "/keys", "/cluster", "/health", "/metrics", "/admin/drain", "/internal/import", "other"] as const;
 export type CountedRoute = (typeof COUNTED_ROUTES)[number];
 
+/** Upper bounds (seconds) of the request duration buckets: 0.25 ms to 5 s (a forward times out at 5 s). */
+export const DURATION_BUCKETS = [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] as const;
+/** The routes timed: the data path. */
+export const TIMED_ROUTES = ["/get", "/set", "/delete"] as const;
+export type TimedRoute = (typeof TIMED_ROUTES)[number];
+
 /** Answers by route and status since the node started: an array slot per status, so counting is one increment. */
 export class RequestCounts {
   private readonly byRoute = new Map<string, Float64Array>(COUNTED_ROUTES.map((r) => [r, new Float64Array(600)]));
+  /** Per timed route: a count per bucket (non-cumulative; the last is +Inf), then the sum of seconds. */
+  readonly durations = new Map<string, Float64Array>(TIMED_ROUTES.map((r) => [r, new Float64Array(DURATION_BUCKETS.length + 2)]));
 
   add(route: CountedRoute, status: number, n = 1): void {
     this.byRoute.get(route)![status >= 100 && status < 600 ? status : 500]! += n;
+  }
+
+  /** One request of `route` took `ms` milliseconds. */
+  time(route: TimedRoute, ms: number): void {
+    const a = this.durations.get(route)!;
+    const s = ms / 1000;
+    let i = 0;
+    while (i < DURATION_BUCKETS.length && s > DURATION_BUCKETS[i]!) i++;
+    a[i]!++;
+    a[DURATION_BUCKETS.length + 1]! += s;
   }
 
   /** The route an answer to `path` counts under. */
@@ -93,6 +113,28 @@ export function createMetrics(view: () => ClusterView, counts: RequestCounts): {
     [counter("discovery_send_errors_total", "Discovery datagrams that could not be sent"), (v) => v.discovery.send_errors],
   ];
   const dropped = counter("discovery_datagrams_dropped_total", "Discovery datagrams refused, by reason", ["reason"]);
+  // A histogram read from counts.durations at each scrape (prom-client's own would cost a labelled
+  // observe per request): the registry takes any object with a name, help, type and get().
+  const durationName = "kvnode_http_request_duration_seconds";
+  const durationHelp = "Time from the start of a /get, /set or /delete handler to its answer (body read, routing, forwarding, the log, -sync-replicas), errors included";
+  registry.registerMetric({
+    name: durationName,
+    help: durationHelp,
+    type: "histogram",
+    aggregator: "sum",
+    get: async () => {
+      const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+      for (const [route, a] of counts.durations) {
+        let n = 0;
+        DURATION_BUCKETS.forEach((le, i) => values.push({ metricName: `${durationName}_bucket`, labels: { le, route }, value: (n += a[i]!) }));
+        n += a[DURATION_BUCKETS.length]!;
+        values.push({ metricName: `${durationName}_bucket`, labels: { le: "+Inf", route }, value: n });
+        values.push({ metricName: `${durationName}_sum`, labels: { route }, value: a[DURATION_BUCKETS.length + 1]! });
+        values.push({ metricName: `${durationName}_count`, labels: { route }, value: n });
+      }
+      return { name: durationName, help: durationHelp, type: "histogram", aggregator: "sum", values };
+    },
+  } as unknown as Parameters<Registry["registerMetric"]>[0]);
   const reported = new Map<unknown, number>();
   /** Add to a counter what a cumulative figure grew since the last scrape. */
   const advance = (c: Counter, total: number, labels: Record<string, string> = {}, id: unknown = c) => {

@@ -71,6 +71,15 @@ describe("GET /metrics", () => {
       other404: requests(l, "other", 404),
     }).toEqual({ set200: 5, set400: 1, set405: 1, delete200: 1, get404: 1, other404: 1 });
     expect(l.types.get("kvnode_http_requests_total")).toBe("counter");
+    // Request durations: every /set answered from its handler (the 400 too; not the 405, which no handler saw).
+    expect(l.types.get("kvnode_http_request_duration_seconds")).toBe("histogram");
+    expect({
+      set: l.samples.get('kvnode_http_request_duration_seconds_count{route="/set"}'),
+      del: l.samples.get('kvnode_http_request_duration_seconds_count{route="/delete"}'),
+      get: l.samples.get('kvnode_http_request_duration_seconds_count{route="/get"}'),
+      setInf: l.samples.get('kvnode_http_request_duration_seconds_bucket{le="+Inf",route="/set"}'),
+    }).toEqual({ set: 6, del: 1, get: 1, setInf: 6 });
+    expect(l.samples.get('kvnode_http_request_duration_seconds_sum{route="/set"}')).toBeGreaterThan(0);
     expect(l.samples.get("kvnode_keys")).toBe(4);
     expect(l.samples.get("kvnode_is_leader")).toBe(1);
     expect(l.samples.get("kvnode_seq")).toBe(6);

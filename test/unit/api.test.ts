@@ -503,6 +503,20 @@ describe("GET /metrics", () => {
         'kvnode_http_requests_total{route="/get",status="404"} 1',
       ].sort(),
     );
+    // Timed once each, errors included; buckets cumulative up to +Inf; routes not timed are absent.
+    const hist = text.split("\n").filter((l) => l.startsWith("kvnode_http_request_duration_seconds"));
+    expect(text).toContain("# TYPE kvnode_http_request_duration_seconds histogram");
+    const sample = (name: string) => Number(hist.find((l) => l.startsWith(name))?.split(" ")[1]);
+    expect(sample('kvnode_http_request_duration_seconds_count{route="/set"}')).toBe(2);
+    expect(sample('kvnode_http_request_duration_seconds_count{route="/get"}')).toBe(2);
+    expect(sample('kvnode_http_request_duration_seconds_count{route="/delete"}')).toBe(0);
+    expect(sample('kvnode_http_request_duration_seconds_bucket{le="+Inf",route="/get"}')).toBe(2);
+    expect(sample('kvnode_http_request_duration_seconds_bucket{le="5",route="/get"}')).toBe(2);
+    expect(sample('kvnode_http_request_duration_seconds_sum{route="/get"}')).toBeGreaterThan(0);
+    expect(hist.some((l) => l.includes('route="/health"'))).toBe(false);
+    const les = hist.filter((l) => l.startsWith('kvnode_http_request_duration_seconds_bucket{') && l.includes('route="/set"')).map((l) => Number(l.split(" ")[1]));
+    expect(les.length).toBe(15);
+    expect([...les].sort((a, b) => a - b)).toEqual(les); // cumulative
   });
 });
 
