@@ -142,6 +142,8 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     if (follower!.syncing || (durability !== null && durability.adopting > 0)) return;
     out.send(follower!.ack(seq));
   };
+  /** The service's ring epochs follow a failed log write (set once the service exists). */
+  let ringsAfterFailure = (_fromSeq: number) => {};
   if (durability) {
     await durability.open(
       (seq) => {
@@ -154,8 +156,10 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
         }
       },
       (fromSeq, e) => {
-        if (leader) leader.failed(fromSeq, e);
-        else {
+        if (leader) {
+          leader.failed(fromSeq, e);
+          ringsAfterFailure(fromSeq);
+        } else {
           // Our copy is ahead of our log: start over from the leader (entries re-apply harmlessly).
           follower!.rewind(0, 0);
           link?.close();
@@ -343,7 +347,7 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
   // Forwarded requests go out on request links (src/routing/link.ts): their answers can be the
   // JSON of a whole value, each byte escaped as up to 6.
   const links = new RequestLinks(requestBodyBytesMax(config.keyBytesMax, config.valueBytesMax), log);
-  const { service, mover, currentRing, settle, purgeTombstones } = createService({
+  const { service, mover, currentRing, settle, purgeTombstones, logFailed } = createService({
     links,
     config,
     nodeId,
@@ -359,6 +363,8 @@ export async function startNode(config: NodeConfig, log: Logger): Promise<Runnin
     now,
     log,
   });
+  ringsAfterFailure = logFailed;
+
   serveRequest = createRequestServer(service);
 
   const { cluster: clusterView, health: healthView } = createViews({

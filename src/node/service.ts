@@ -50,6 +50,8 @@ export interface NodeService {
   settle: () => void;
   /** Drop the tombstones no longer needed (run every second). */
   purgeTombstones: () => void;
+  /** The leader's log failed writes from this sequence on (they will be handed out again). */
+  logFailed: (fromSeq: number) => void;
 }
 
 /** How long a ring group without a leader holds back tombstone purging, at least (see purgeTombstones). */
@@ -526,13 +528,9 @@ export function createService(d: ServiceDeps): NodeService {
           continue;
         }
         // A copy moved in overwrites what the rings cannot vouch for; a delete moved in removes only
-        // what they show is older than a ring on which this group did not own the key (review), and
-        // is not recorded where nothing of the key is held: a tombstone made here would count as
-        // this group's own and refuse a newer copy moving in later (found by review).
-        if (deleted === true && !leader.knows(key)) {
-          skipped++;
-          continue;
-        }
+        // what they show is older than a ring on which this group did not own the key (review).
+        // Where nothing of the key is held, it is recorded: a copy still on its way from a third
+        // group must not bring the key back (review: skipping it did, after two drains).
         const seq =
           deleted === true
             ? leader.deleteIfUnknown(key, (v) => ownership(key, v) !== "not-owned")
@@ -552,5 +550,20 @@ export function createService(d: ServiceDeps): NodeService {
     health: () => d.health(),
   };
 
-  return { service, mover, currentRing, settle, purgeTombstones };
+  /**
+   * The log failed writes from `fromSeq` on: their sequences will be handed out again, to writes
+   * made under the ring in force now, so a ring that began among them begins before them instead
+   * (found by review: such a write counted as the ring before's, and an older copy moved in over it).
+   */
+  const logFailed = (fromSeq: number) => {
+    let changed = false;
+    for (const e of ringEpochs)
+      if (e.seq >= fromSeq) {
+        e.seq = fromSeq - 1;
+        changed = true;
+      }
+    if (changed) durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups], known: [...e.known] })));
+  };
+
+  return { service, mover, currentRing, settle, purgeTombstones, logFailed };
 }

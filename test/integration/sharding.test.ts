@@ -712,6 +712,29 @@ describe("rebalancing", () => {
       expect(lost).toEqual([]);
     }, 120_000);
 
+    test("a delete made on a key's new owner while the draining group still holds its copy stays deleted when the owner drains too", async () => {
+      // Found by review: the third group, holding nothing of the key, skipped the moved delete and
+      // then took the draining group's old copy (50 of 50 deleted keys came back).
+      await using c = await TestCluster.create();
+      const ring012 = new HashRing([0, 1, 2], undefined, (k) => Bun.hash.murmur32v3(k));
+      const ring02 = new HashRing([0, 2], undefined, (k) => Bun.hash.murmur32v3(k));
+      const [s, t, o] = await Promise.all([0, 1, 2].map((group) => c.start({ leader: true, group, inMemory: true })));
+      await c.awaitMembership([s!, t!, o!], 3);
+      const onT = Array.from({ length: 20_000 }, (_, i) => `k${i}`).filter((k) => ring012.ownerOf(k) === 1);
+      const victims = onT.filter((k) => ring02.ownerOf(k) === 0).slice(-50);
+      const bulk = onT.filter((k) => !victims.includes(k)).slice(0, 3000);
+      await fill(t!, bulk, (k) => `old:${k}:${"x".repeat(8000)}`, 32); // a slow drain: the victims, written last, move last
+      await fill(t!, victims, (k) => `old:${k}`);
+      expect((await t!.request("/admin/drain", { method: "POST" })).status).toBe(200);
+      await waitFor("group 0 to see group 1 draining", async () => ((await s!.cluster()).groups as any[]).find((g) => g.group_id === 1)?.draining === true, 5_000, 5);
+      for (const k of victims) expect((await s!.del(k)).status).toBe(200);
+      expect((await s!.request("/admin/drain", { method: "POST" })).status).toBe(200);
+      await waitFor("both drains to end", async () => (await t!.health()).keys === 0 && (await s!.health()).keys === 0 && (await noMoves([s!, t!, o!])), 60_000, 100);
+      const back: string[] = [];
+      for (const k of victims) if ((await o!.get(k)).status !== 404) back.push(k);
+      expect(back).toEqual([]);
+    }, 120_000);
+
     test("a stale delete sent to a group holding nothing of the key does not refuse the newer copy moving in later", async () => {
       await using c = await TestCluster.create();
       const adir = c.newDataDir();
