@@ -162,7 +162,17 @@ export function createService(d: ServiceDeps): NodeService {
    */
   const ownTombstone = (key: string, version: number): boolean => {
     const i = epochAt(version);
-    return i >= 0 && ringEpochs[i]!.ring.ownerOf(key) === config.group;
+    if (i < 0 || ringEpochs[i]!.ring.ownerOf(key) !== config.group) return false;
+    // Only a delete of this group's latest time owning the key: once it lost the key and owned it
+    // again, an older delete may predate writes made on the owner in between (found by review: a
+    // drain cancelled and sent again deleted the writes made on the owner during the first one).
+    let lost = false;
+    for (let j = i + 1; j < ringEpochs.length; j++) {
+      const owns = ringEpochs[j]!.ring.ownerOf(key) === config.group;
+      if (!owns) lost = true;
+      else if (lost) return false;
+    }
+    return true;
   };
   const routing: RoutingView = {
     selfId: nodeId,
@@ -481,8 +491,11 @@ export function createService(d: ServiceDeps): NodeService {
       let wrote = existed || pending;
       if (!wrote && !ctx.noFallback && keysMayBeElsewhere()) {
         // The key may not have moved here yet: a tombstone keeps the move from bringing it back.
-        existed = (await fallbackRead(key, ctx)).status === 200;
+        // Made before the read below, under the ring that routed the delete here (review: made
+        // after it, a ring change meanwhile put it in a ring on which this group did not own the
+        // key, and it was never moved on).
         seq = leader!.tombstone(key);
+        existed = (await fallbackRead(key, ctx)).status === 200;
         wrote = true;
       }
       if (wrote) await committed(seq);
