@@ -906,7 +906,7 @@ describe("rebalancing", () => {
     const left = sorted([...(await nodeKeys(leaders[0]!)), ...(await nodeKeys(leaders[2]!))]);
     expect(left).toEqual(sorted(keys.filter((k) => !toDelete.has(k))));
     expect(problems.slice(0, 20)).toEqual([]);
-  });
+  }, 60_000);
 });
 
 describe("forwarding over request links", () => {
