@@ -3,12 +3,15 @@
  * a torn log tail is cut, damage elsewhere stops the node with a clear error, and restarted nodes
  * rejoin from their own data.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { appendFileSync, readdirSync, rmSync, statSync, writeFileSync, readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { $ } from "bun";
 import { type NodeProc, TestCluster } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
+
+// Real processes: bun's 5 s default is too short on a busy machine (bunfig has no such setting).
+setDefaultTimeout(60_000);
 
 /** Write distinct keys with `concurrency` clients until `stop()` says so; returns what was acknowledged. */
 async function writeUntil(node: NodeProc, prefix: string, concurrency: number, stop: (acked: number) => boolean) {

@@ -2,9 +2,12 @@
  * GET /metrics on real nodes: Prometheus text that parses, answers counted by route and status
  * exactly, and the node's state (keys, sequences, replication, storage) as /cluster shows it.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type NodeProc, TestCluster } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
+
+// Real processes: bun's 5 s default is too short on a busy machine (bunfig has no such setting).
+setDefaultTimeout(60_000);
 
 /**
  * One sample line: name, optional {labels}, value (the text format's grammar, less exemplars and

@@ -9,10 +9,13 @@
  * Needs root and `ip netns`; skipped with a printed reason otherwise. Everything it creates is
  * named after this run and removed in afterAll, when setup fails, and at process exit.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { type NodeProc, TestCluster } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
+
+// Real processes: bun's 5 s default is too short on a busy machine (bunfig has no such setting).
+setDefaultTimeout(60_000);
 
 interface Run {
   ok: boolean;

@@ -2,13 +2,16 @@
  * Bad input from the network never crashes or confuses a node: garbage datagrams on the discovery
  * port, garbage frames on the replication port, and a follower too slow for the leader's history.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { encodeDatagram, DatagramType, FrameType, encodeFrame, PROTOCOL_VERSION, RequestOp } from "../../src/protocol/index.ts";
 import { SO_REUSEADDR } from "../../src/discovery/udp.ts";
 import { TestCluster, forwardedRequest, freeUdpPort } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
+
+// Real processes: bun's 5 s default is too short on a busy machine (bunfig has no such setting).
+setDefaultTimeout(60_000);
 
 async function udpSender() {
   const s = await Bun.udpSocket({ hostname: "127.0.0.1", port: 0 });

@@ -2,9 +2,12 @@
  * The seed README's scenarios, run as it tells a user to run them: real kvnode processes on one
  * host, sharing the discovery port.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { TestCluster } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
+
+// Real processes: bun's 5 s default is too short on a busy machine (bunfig has no such setting).
+setDefaultTimeout(60_000);
 
 describe("the seed README's 3-node group on one host", () => {
   test("write to the leader, read from both followers, delete, keys, cluster, health", async () => {

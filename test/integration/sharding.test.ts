@@ -4,13 +4,16 @@
  * while reads and writes go on; draining a group empties it; a forwarding loop cannot happen; and
  * /keys?scope=cluster pages through every group's keys.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { HashRing } from "../../src/ring/ring.ts";
 import { HOPS_MAX } from "../../src/routing/router.ts";
 import { limits } from "../../src/lib/limits.ts";
 import { type NodeProc, TestCluster, forwardedRequest } from "../support/cluster.ts";
 import { happensWithin, waitFor } from "../support/wait.ts";
 import { prng } from "../support/prng.ts";
+
+// Real processes: bun's 5 s default is too short on a busy machine (bunfig has no such setting).
+setDefaultTimeout(60_000);
 
 
 function seeded(name: string): { rand: () => number; pick: <T>(xs: readonly T[]) => T; seed: number } {

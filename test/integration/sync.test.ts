@@ -3,9 +3,12 @@
  * acknowledged it (in their log, for persistent followers), refuses writes up front while too few
  * followers are linked, and answers 503 (keeping the write) when they do not confirm in time.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type NodeProc, TestCluster } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
+
+// Real processes: bun's 5 s default is too short on a busy machine (bunfig has no such setting).
+setDefaultTimeout(60_000);
 
 /** Wait until `leader` streams to `n` followers. */
 async function awaitStreaming(leader: NodeProc, n: number): Promise<void> {
