@@ -90,6 +90,8 @@ export function createService(d: ServiceDeps): NodeService {
    * included (found by review: a group still draining, not on that ring, counted as new), if it
    * saved its rings.
    */
+  /** Save the ring epochs (a leader with a data dir), atomically, before writing under a new one. */
+  const saveRings = () => durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups], known: [...e.known] })));
   const lastRingBefore = ringEpochs.length > 0 ? new Set(ringEpochs.at(-1)!.known) : null;
   /**
    * Whether the ring may have changed while this node was down: a group has been known since it
@@ -119,7 +121,7 @@ export function createService(d: ServiceDeps): NodeService {
         // From the last write handed out: one still on its way to the log was made under the ring before (review).
         ringEpochs.push({ seq: leader.proposed, ring: r, known: membership.knownGroups(), restored: false });
         if (ringEpochs.length > RING_EPOCHS_KEPT) ringEpochs.shift();
-        durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups], known: [...e.known] })));
+        saveRings();
       }
     }
     return r;
@@ -575,7 +577,7 @@ export function createService(d: ServiceDeps): NodeService {
         e.seq = fromSeq - 1;
         changed = true;
       }
-    if (changed) durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups], known: [...e.known] })));
+    if (changed) saveRings();
   };
 
   return { service, mover, currentRing, settle, purgeTombstones, logFailed };
