@@ -85,13 +85,13 @@ export function createService(d: ServiceDeps): NodeService {
   }));
   // A follower keeps no rings: the ones it saved when it last led say nothing of the rings since.
   if (!leader) durability?.forgetRings();
+  /** Save the ring epochs (a leader with a data dir), atomically, before writing under a new one. */
+  const saveRings = () => durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups], known: [...e.known] })));
   /**
    * Groups known when the last ring this leader served before it started began, draining ones
    * included (found by review: a group still draining, not on that ring, counted as new), if it
    * saved its rings.
    */
-  /** Save the ring epochs (a leader with a data dir), atomically, before writing under a new one. */
-  const saveRings = () => durability?.saveRings(ringEpochs.map((e) => ({ seq: e.seq, groups: [...e.ring.groups], known: [...e.known] })));
   const lastRingBefore = ringEpochs.length > 0 ? new Set(ringEpochs.at(-1)!.known) : null;
   /**
    * Whether the ring may have changed while this node was down: a group has been known since it
