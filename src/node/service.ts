@@ -501,6 +501,13 @@ export function createService(d: ServiceDeps): NodeService {
         wrote = true;
       }
       if (wrote) await committed(seq);
+      else {
+        // Nothing to write: the key's last change (an earlier delete, say) must be as committed as
+        // this delete would have been (found by an audit: the retry of a delete that had timed out
+        // under -sync-replicas was answered 200 at once, with no follower holding it).
+        const last = leader!.lastChangeOf(key);
+        if (last > 0) await committed(last);
+      }
       return { status: 200, body: { status: "ok", key, deleted: existed, version: seq } };
     },
     keys: (q, ctx) => (q.scope === "cluster" && ctx.targetGroup === undefined ? clusterKeys(q, ctx) : localKeys(q)),

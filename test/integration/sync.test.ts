@@ -110,6 +110,41 @@ describe("-sync-replicas", () => {
     expect((await f.get("after")).body.value).toBe("3");
   });
 
+  test("the retry of a delete that timed out waits for the followers too: it is not answered 200 before one holds the delete", async () => {
+    // Found by an audit: the retry found the key already deleted (by the first, unconfirmed
+    // delete) and answered 200 at once; the leader lost, the promoted follower still had the key.
+    await using c = await TestCluster.create({ heartbeatMs: 200, staleMs: 60_000 });
+    const leader = await c.start({ leader: true, inMemory: true, extra: ["-sync-replicas", "1", "-sync-timeout-ms", "300"] });
+    const f = await c.start({});
+    await awaitStreaming(leader, 1);
+    // Past the start-up window, in which a delete of a missing key writes a tombstone anyway
+    // (keys may still be on their way): a delete of a missing key then writes nothing.
+    let probe = 0;
+    await waitFor("a delete of a missing key to write nothing", async () => {
+      const before = (await leader.health()).seq;
+      expect((await leader.del(`probe-${probe++}`)).status).toBe(200);
+      return (await leader.health()).seq === before;
+    }, 20_000, 100);
+    const set = await leader.set("k", "v1");
+    expect(set.status).toBe(200);
+    f.proc.kill("SIGSTOP"); // linked, acknowledging nothing
+    try {
+      const first = await leader.del("k");
+      expect(first.status).toBe(503);
+      const retry = await leader.del("k");
+      expect(retry.status).toBe(503);
+      // The same write, the first delete, is what it waited for: nothing new was written.
+      expect(retry.body.error).toBe(first.body.error);
+    } finally {
+      f.proc.kill("SIGCONT");
+    }
+    await c.awaitInSync(leader, f);
+    const again = await leader.del("k");
+    expect(again.status).toBe(200);
+    expect(again.body.deleted).toBe(false);
+    expect((await f.get("k")).status).toBe(404);
+  });
+
   test("a persistent follower fresh from a full transfer confirms nothing until the transfer is on its disk", async () => {
     // Found by review: it confirmed writes streamed after the transfer while the transfer's
     // snapshot was still being written; killed then, it came back with the old (empty) history.
