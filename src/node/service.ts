@@ -345,7 +345,10 @@ export function createService(d: ServiceDeps): NodeService {
     const qs = `scope=node&prefix=${enc(q.prefix)}&limit=${limit}${q.cursor !== undefined ? `&cursor=${enc(q.cursor)}` : ""}`;
     const pages = await Promise.all(
       membership.knownGroups().map(async (g): Promise<KeysPage> => {
-        if (g === config.group) return localKeys({ ...q, limit });
+        // A follower asks its leader for its own group's page: its copy may lag keys moving in,
+        // which their sender deletes once the leader has them (found by an audit: 129-645 keys
+        // missing from listings through a follower while a cancelled drain moved keys back).
+        if (g === config.group && (leader || !membership.leaderOf(g))) return localKeys({ ...q, limit });
         const m = membership.leaderOf(g) ?? routing.membersOf(g)[0];
         if (!m) throw new UnavailableError(`Cannot list keys: no member of group ${g} is known`, g);
         const r = await forward(m, "GET", `/keys?${qs}`, undefined, { hops: ctx.hops, group: g });
@@ -510,7 +513,12 @@ export function createService(d: ServiceDeps): NodeService {
       }
       return { status: 200, body: { status: "ok", key, deleted: existed, version: seq } };
     },
-    keys: (q, ctx) => (q.scope === "cluster" && ctx.targetGroup === undefined ? clusterKeys(q, ctx) : localKeys(q)),
+    // After the start-up settle, as reads are: before it, a node knows only some groups, and its
+    // listing was silently partial (found by an audit).
+    keys: async (q, ctx) => {
+      if (!isSettled) await settled;
+      return q.scope === "cluster" && ctx.targetGroup === undefined ? clusterKeys(q, ctx) : localKeys(q);
+    },
     async drain(ctx) {
       if (!leader) {
         const to = membership.leaderOf(config.group);
