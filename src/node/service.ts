@@ -496,11 +496,13 @@ export function createService(d: ServiceDeps): NodeService {
       let wrote = existed || pending;
       if (!wrote && !ctx.noFallback && keysMayBeElsewhere()) {
         // The key may not have moved here yet: a tombstone keeps the move from bringing it back.
-        // Made before the read below, under the ring that routed the delete here (review: made
-        // after it, a ring change meanwhile put it in a ring on which this group did not own the
-        // key, and it was never moved on).
-        seq = leader!.tombstone(key);
+        const ring = currentRing();
         existed = (await fallbackRead(key, ctx)).status === 200;
+        // If the ring changed during the read and the key is no longer this group's, the delete
+        // goes to its owner now: a tombstone made here would be of a ring on which this group
+        // does not own the key, and would never be moved on (found by review).
+        if (currentRing() !== ring && currentRing().ownerOf(key) !== config.group) return service.delete(key, ctx);
+        seq = leader!.tombstone(key);
         wrote = true;
       }
       if (wrote) await committed(seq);
