@@ -54,6 +54,8 @@ export interface NodeService {
   logFailed: (fromSeq: number) => void;
 }
 
+/** How long a follower waits for its own leader's page of a cluster listing before it lists its own copy. */
+const OWN_LEADER_LISTING_TIMEOUT_MS = 2_000;
 /** How long a ring group without a leader holds back tombstone purging, at least (see purgeTombstones). */
 const LEADERLESS_HOLD_MS = 120_000;
 /** The longest a leader holds its tombstones back while keys may still move in (see purgeTombstones). */
@@ -351,6 +353,15 @@ export function createService(d: ServiceDeps): NodeService {
         if (g === config.group && (leader || !membership.leaderOf(g))) return localKeys({ ...q, limit });
         const m = membership.leaderOf(g) ?? routing.membersOf(g)[0];
         if (!m) throw new UnavailableError(`Cannot list keys: no member of group ${g} is known`, g);
+        if (g === config.group) {
+          // A follower whose leader cannot answer lists its own copy, unless keys may be moving
+          // in, which only the leader has (found by review: every listing through the followers
+          // of a hung or dead leader was a 503 until it went stale).
+          const r = await forward(m, "GET", `/keys?${qs}`, undefined, { hops: ctx.hops, group: g, timeoutMs: OWN_LEADER_LISTING_TIMEOUT_MS }).catch(() => null);
+          if (r?.status === 200) return r.body as unknown as KeysPage;
+          if (!keysMayBeElsewhere()) return localKeys({ ...q, limit });
+          throw new UnavailableError(`Cannot list keys of group ${g}: its leader does not answer (${r ? r.status : "unreachable"}) while keys may be moving into it`, g);
+        }
         const r = await forward(m, "GET", `/keys?${qs}`, undefined, { hops: ctx.hops, group: g });
         if (r.status !== 200) throw new UnavailableError(`Cannot list keys of group ${g}: ${r.status} ${String(r.body.error ?? "")}`, g);
         return r.body as unknown as KeysPage;
@@ -501,7 +512,11 @@ export function createService(d: ServiceDeps): NodeService {
         // If the ring changed during the read and the key is no longer this group's, the delete
         // goes to its owner now: a tombstone made here would be of a ring on which this group
         // does not own the key, and would never be moved on (found by review).
-        if (currentRing() !== ring && currentRing().ownerOf(key) !== config.group) return service.delete(key, ctx);
+        if (currentRing() !== ring && currentRing().ownerOf(key) !== config.group) {
+          const r = await service.delete(key, ctx);
+          if (existed && r.status === 200) r.body.deleted = true; // the new owner may not see the copy this read found
+          return r;
+        }
         seq = leader!.tombstone(key);
         wrote = true;
       }

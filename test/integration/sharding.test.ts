@@ -174,6 +174,31 @@ describe("sharding: any node serves any key, stored on its owner group", () => {
     expect([...missing].slice(0, 10)).toEqual([]);
   });
 
+  test("a cluster listing through a follower whose leader hangs or has just died lists the follower's own copy when nothing is moving", async () => {
+    // Found by review: once followers asked their leader for their own group's page, every such
+    // listing was a 503 (after a 5 s timeout, for a hung leader) until the leader went stale.
+    await using c = await TestCluster.create({ heartbeatMs: 200, staleMs: 10_000 });
+    const leader = await c.start({ leader: true, inMemory: true });
+    const f = await c.start({ inMemory: true });
+    await c.awaitInSync(leader, f);
+    const keys = Array.from({ length: 20 }, (_, i) => `k${i}`);
+    await fill(leader, keys, () => "v");
+    await c.awaitInSync(leader, f);
+    const listed = async () => {
+      const r = await f.request("/keys?scope=cluster&limit=100");
+      expect(r.status).toBe(200);
+      return sorted(r.body.keys as string[]);
+    };
+    leader.proc.kill("SIGSTOP");
+    try {
+      expect(await listed()).toEqual(sorted(keys));
+    } finally {
+      leader.proc.kill("SIGCONT");
+    }
+    await leader.kill9();
+    expect(await listed()).toEqual(sorted(keys));
+  });
+
   test("a cluster listing asked of a node still starting waits until it has heard its peers: never a partial page", async () => {
     // Found by an audit: in a node's first ~100 ms the listing answered 200, cursor null, with
     // only some groups' keys (reads and writes already waited for the start-up settle).
