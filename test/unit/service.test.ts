@@ -46,3 +46,23 @@ test("a ring that began among writes the log then failed begins before them: a w
     links.close();
   }
 });
+
+test("a follower's lag counts its leader's announced head in the same history, not only what its link brought", async () => {
+  // Found by an audit: while relinking, a follower hundreds of writes behind showed lag 0.
+  const { createViews } = await import("../../src/node/views.ts");
+  const { Follower } = await import("../../src/replication/follower.ts");
+  const store = new Store();
+  const follower = new Follower(store, 0, "c", "self", {}, { historyId: "h1", seq: 5, term: 1 });
+  const member = (nodeId: string, leader: boolean, seq: number, historyId: string) => ({ nodeId, host: "127.0.0.1", clusterPort: 1, apiPort: 1, group: 0, leader, draining: false, moving: false, term: 1, seq, historyId, keys: 0 });
+  const membership = new Membership({ ...member("self", false, 5, "h1"), lastSeenMs: 0 });
+  const views = createViews({
+    config: { ...defaults, group: 0, leader: false, dataDir: null }, nodeId: "self", historyId: "h1", store, leader: null, follower, membership, durability: null, mover: null,
+    currentRing: () => new HashRing([0]), discoveryStats: () => ({ received: 0, accepted: 0, dropped: {}, sent: 0, sendErrors: 0 }), linkUp: () => false, now: () => 0,
+  } as never);
+  membership.observe({ type: 1, cluster: "c", ...member("L", true, 25, "h1") } as never, 0);
+  expect(views.health().lag).toBe(20);
+  expect(views.cluster().replication.leader_seq).toBe(25);
+  // A leader on another history (restarted in memory, say): its sequence says nothing of ours.
+  membership.observe({ type: 1, cluster: "c", ...member("L", true, 3, "h2") } as never, 0);
+  expect(views.health().lag).toBe(0);
+});
