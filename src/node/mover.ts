@@ -211,17 +211,12 @@ export class Mover {
     const ring = this.d.ring();
     for (const it of items) {
       if (refused.has(it.key) || ring.ownerOf(it.key) === this.d.group) continue;
-      if (it.value === null) {
-        // The owner has the delete: supersede it here with one that is never sent again, unless
-        // the key has moved on meanwhile (the next pass sends it to its new owner: review).
-        if (ring.ownerOf(it.key) !== owner) continue;
-        const seq = this.d.leader.retireTombstone(it.key, it.version);
-        if (seq !== undefined) last = seq;
-        continue;
-      }
+      // The owner has a tombstone's delete: supersede it here with one that is never sent again,
+      // unless the key has moved on meanwhile (the next pass sends it to its new owner: review).
+      if (it.value === null && ring.ownerOf(it.key) !== owner) continue;
       const seq = this.d.leader.deleteIfVersion(it.key, it.version);
       if (seq !== undefined) last = seq;
-      moved++;
+      if (it.value !== null) moved++;
     }
     if (last > 0) await this.d.durable(last);
     this.moved += moved;

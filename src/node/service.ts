@@ -350,18 +350,19 @@ export function createService(d: ServiceDeps): NodeService {
         // A follower asks its leader for its own group's page: its copy may lag keys moving in,
         // which their sender deletes once the leader has them (found by an audit: 129-645 keys
         // missing from listings through a follower while a cancelled drain moved keys back).
-        if (g === config.group && (leader || !membership.leaderOf(g))) return localKeys({ ...q, limit });
-        const m = membership.leaderOf(g) ?? routing.membersOf(g)[0];
-        if (!m) throw new UnavailableError(`Cannot list keys: no member of group ${g} is known`, g);
         if (g === config.group) {
+          const l = leader ? undefined : membership.leaderOf(g);
+          if (!l) return localKeys({ ...q, limit });
           // A follower whose leader cannot answer lists its own copy, unless keys may be moving
           // in, which only the leader has (found by review: every listing through the followers
           // of a hung or dead leader was a 503 until it went stale).
-          const r = await forward(m, "GET", `/keys?${qs}`, undefined, { hops: ctx.hops, group: g, timeoutMs: OWN_LEADER_LISTING_TIMEOUT_MS }).catch(() => null);
+          const r = await forward(l, "GET", `/keys?${qs}`, undefined, { hops: ctx.hops, group: g, timeoutMs: OWN_LEADER_LISTING_TIMEOUT_MS }).catch(() => null);
           if (r?.status === 200) return r.body as unknown as KeysPage;
           if (!keysMayBeElsewhere()) return localKeys({ ...q, limit });
           throw new UnavailableError(`Cannot list keys of group ${g}: its leader does not answer (${r ? r.status : "unreachable"}) while keys may be moving into it`, g);
         }
+        const m = membership.leaderOf(g) ?? routing.membersOf(g)[0];
+        if (!m) throw new UnavailableError(`Cannot list keys: no member of group ${g} is known`, g);
         const r = await forward(m, "GET", `/keys?${qs}`, undefined, { hops: ctx.hops, group: g });
         if (r.status !== 200) throw new UnavailableError(`Cannot list keys of group ${g}: ${r.status} ${String(r.body.error ?? "")}`, g);
         return r.body as unknown as KeysPage;
@@ -580,7 +581,7 @@ export function createService(d: ServiceDeps): NodeService {
         // group must not bring the key back (review: skipping it did, after two drains).
         const seq =
           deleted === true
-            ? leader.deleteIfUnknown(key, (v) => ownership(key, v) !== "not-owned")
+            ? leader.setIfUnknown(key, null, (v) => ownership(key, v) !== "not-owned")
             : leader.setIfUnknown(key, value!, (v) => ownedSince(key, v));
         if (seq === undefined) {
           skipped++;

@@ -234,36 +234,24 @@ export class Leader {
   }
 
   /**
-   * Write `key` only if this leader knows nothing current of it (a key moved in must not undo a
-   * newer write or delete made here). `current` tells whether what the store holds at a version
-   * still counts (the service: only what was written while this group owned the key, and owned
-   * it ever since).
+   * Write `key` (a value, or null: a delete) only if this leader knows nothing current of it (a
+   * key or a delete moved in must not undo a newer write or delete made here). `current` tells
+   * whether what the store holds at a version still counts (the service: only what was written
+   * while this group owned the key, and owned it ever since).
    */
-  setIfUnknown(key: string, value: string, current?: (version: number) => boolean): number | undefined {
+  setIfUnknown(key: string, value: string | null, current?: (version: number) => boolean): number | undefined {
     return this.knows(key, current) ? undefined : this.propose(key, value);
   }
 
-  /** Delete `key` (or record its tombstone) only if this leader knows nothing current of it: a delete moved in, see setIfUnknown. */
-  deleteIfUnknown(key: string, current?: (version: number) => boolean): number | undefined {
-    return this.knows(key, current) ? undefined : this.propose(key, null);
-  }
-
   /**
-   * Supersede the tombstone of `key` at `version` with a new one, written now (logged and
-   * replicated like any delete), once the key's owner has taken that delete: the new one is of
-   * the ring in force now, on which this group does not own the key, so it is never sent again,
-   * even when the log is replayed (found by review: forgetting it in memory only let a restart
-   * send it again, over newer writes). Undefined when the key changed meanwhile or a change of it
-   * is pending.
+   * Delete `key` only if its last change is still the one at `version`: a key moved out that
+   * nobody changed since, or a tombstone whose delete its owner has taken. A tombstone is
+   * superseded by a new delete, of the ring in force now, so it is never sent again, even when
+   * the log is replayed (found by review: forgetting it in memory only let a restart send it
+   * again, over newer writes).
    */
-  retireTombstone(key: string, version: number): number | undefined {
-    if (this.overlay.has(key) || this.o.store.get(key) !== undefined || this.o.store.versionOf(key) !== version) return undefined;
-    return this.propose(key, null);
-  }
-
-  /** Delete `key` only if it still holds the write at `version` (a key moved out that nobody changed since). */
   deleteIfVersion(key: string, version: number): number | undefined {
-    if (this.overlay.has(key) || this.o.store.get(key)?.version !== version) return undefined;
+    if (this.overlay.has(key) || this.o.store.versionOf(key) !== version) return undefined;
     return this.propose(key, null);
   }
 

@@ -89,12 +89,15 @@ describe("the seed README's 3-node group on one host", () => {
     // up, and a restarted leader is relinked to at once.
     await using c = await TestCluster.create();
     let leader = await c.start({ leader: true });
-    const f = await c.start();
+    const f = await c.start({ extra: ["-log-level", "debug"] }); // it logs each failed reconnect
     await c.awaitInSync(leader, f);
+    const failedReconnects = () => f.log.split("link to leader failed").length - 1;
     const stale: string[] = [];
     for (let round = 1; round <= 4; round++) {
+      const before = failedReconnects();
       await leader.kill9();
-      await Bun.sleep(1500); // down for a while: the follower's reconnect delay grows (a scenario, not a wait for a condition)
+      // Down until the follower has failed to reconnect 5 times: its delay has grown to 1.6 s.
+      await waitFor("the follower to fail 5 reconnects", async () => failedReconnects() - before >= 5, 20_000, 20);
       leader = await c.start({ leader: true, dataDir: leader.dataDir! });
       const value = `round ${round}`;
       await waitFor("a write through the follower to be acknowledged", async () => (await f.set("ryw", value)).status === 200, 20_000, 10);
