@@ -87,7 +87,8 @@ describe("the seed README's 3-node group on one host", () => {
     // reconnect delays), so a write through it waited its 1 s, was answered, and a read right
     // after found the older value (3 of 6 rounds). Reads now go to the leader until it has caught
     // up, and a restarted leader is relinked to at once.
-    await using c = await TestCluster.create();
+    // A long stale time: the follower keeps trying its dead leader (a short one stops the tries).
+    await using c = await TestCluster.create({ heartbeatMs: 200, staleMs: 60_000 });
     let leader = await c.start({ leader: true });
     const f = await c.start({ extra: ["-log-level", "debug"] }); // it logs each failed reconnect
     await c.awaitInSync(leader, f);
